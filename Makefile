@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint install clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch and torchvision are pinned first so no other dependency can pull a different torch build.
+$(STAMP): $(BIN)/python setup.py
+	$(BIN)/pip install "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check resdet tools tests
+	$(BIN)/ruff format --check resdet tools tests
+
+# pytest exits 5 when it collected no tests; that must fail, and it does (non-zero).
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q tests
+
+demo: $(STAMP)
+	$(BIN)/python tools/demo.py --output output/demo
+
+clean:
+	rm -rf output

@@ -1,0 +1,187 @@
+"""The config schema: one dataclass per YAML section.
+
+Every key a YAML file or a ``KEY VALUE`` override may set is a field here, with its type and
+default. ``resdet.config.load`` checks files against this schema, so an unknown or mistyped
+key is an error naming the file, the key and the closest valid key -- never silently ignored.
+
+Units: sizes in pixels, learning rates per iteration of ``SOLVER.IMS_PER_BATCH`` images,
+periods in iterations. Pixel statistics are in 0-255 units of ``MODEL.INPUT_FORMAT``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+
+@dataclass
+class BackboneConfig:
+    NAME: str = "resnet"  # "resnet" (C4 / classification) or "resnet_fpn"
+    DEPTH: int = 50  # ImageNet 18/34/50/101/152, or CIFAR 6n+2 when STEM == "cifar"
+    STEM: str = "imagenet"  # "imagenet" (7x7/2 conv + 3x3/2 max pool) or "cifar" (3x3 conv)
+    PLAIN: bool = False  # the paper's "plain" nets: same layers, no shortcuts
+    SHORTCUT: str = "B"  # "A" zero-padded identity, "B" projection on change, "C" all projection
+    STRIDE_IN_1X1: bool = False  # MSRA/Caffe weights put the stride in the bottleneck 1x1
+    NORM: str = "BN"  # "BN", "FrozenBN", "SyncBN"
+    FREEZE_AT: int = 0  # 0 nothing frozen, 1 stem, 2 stem+res2, ... 5 everything
+    OUT_FEATURES: List[str] = field(default_factory=lambda: ["res4"])
+    ZERO_INIT_RESIDUAL: bool = False  # zero gamma of each block's last BN (Goyal et al. 2017)
+    WIDTH: int = 64  # channels of the stem and of res2's 3x3 (16 for CIFAR)
+    PRETRAINED: str = ""  # classification checkpoint to initialise the backbone from
+
+
+@dataclass
+class FPNConfig:
+    OUT_CHANNELS: int = 256
+
+
+@dataclass
+class AnchorConfig:
+    # One list per feature level; C4 has one level (stride 16) with the paper's 3 scales.
+    SIZES: List[List[float]] = field(default_factory=lambda: [[128.0, 256.0, 512.0]])
+    ASPECT_RATIOS: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+
+
+@dataclass
+class RPNConfig:
+    IN_FEATURES: List[str] = field(default_factory=lambda: ["res4"])
+    BATCH_SIZE_PER_IMAGE: int = 256
+    POSITIVE_FRACTION: float = 0.5
+    FG_IOU_THRESHOLD: float = 0.7
+    BG_IOU_THRESHOLD: float = 0.3
+    PRE_NMS_TOPK_TRAIN: int = 12000
+    POST_NMS_TOPK_TRAIN: int = 2000
+    PRE_NMS_TOPK_TEST: int = 6000
+    POST_NMS_TOPK_TEST: int = 1000
+    NMS_THRESH: float = 0.7
+    MIN_SIZE: float = 0.0
+    BBOX_REG_WEIGHTS: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    LOSS_TYPE: str = "smooth_l1"  # or "l1"
+    SMOOTH_L1_BETA: float = 0.0  # 0 makes smooth L1 plain L1 (the modern default)
+    LOSS_WEIGHT: float = 1.0
+
+
+@dataclass
+class ROIHeadsConfig:
+    NAME: str = "c4"  # "c4": res5 as the per-region head (the paper); "fpn": 2fc head
+    NUM_CLASSES: int = 80
+    IN_FEATURES: List[str] = field(default_factory=lambda: ["res4"])
+    POOLER_TYPE: str = "ROIAlign"  # or "ROIPool" (the paper's original)
+    POOLER_RESOLUTION: int = 14  # C4: 14 (res5 halves it to 7); FPN: 7
+    POOLER_SAMPLING_RATIO: int = 0  # 0 = adaptive, as torchvision.ops.roi_align
+    BATCH_SIZE_PER_IMAGE: int = 512
+    POSITIVE_FRACTION: float = 0.25
+    IOU_THRESHOLD: float = 0.5
+    BBOX_REG_WEIGHTS: List[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
+    FC_DIM: int = 1024  # FPN box head
+    LOSS_TYPE: str = "smooth_l1"
+    SMOOTH_L1_BETA: float = 0.0
+    SCORE_THRESH_TEST: float = 0.05
+    NMS_THRESH_TEST: float = 0.5
+    DETECTIONS_PER_IMAGE: int = 100
+    FP32_BOX_PREDICTOR: bool = True  # keep the final cls/box layer in fp32 under autocast
+
+
+@dataclass
+class ModelConfig:
+    ARCH: str = "faster_rcnn"  # "faster_rcnn" or "classifier"
+    NUM_CLASSES: int = 1000  # classifier only; detection uses ROI_HEADS.NUM_CLASSES
+    WEIGHTS: str = ""  # full model checkpoint (resdet or converted) loaded before training
+    DEVICE: str = "auto"  # "auto" picks cuda when available, else cpu
+    INPUT_FORMAT: str = "RGB"  # "BGR" for MSRA/Caffe2 weights
+    PIXEL_MEAN: List[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    PIXEL_STD: List[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    CHANNELS_LAST: bool = False
+    BACKBONE: BackboneConfig = field(default_factory=BackboneConfig)
+    FPN: FPNConfig = field(default_factory=FPNConfig)
+    ANCHOR: AnchorConfig = field(default_factory=AnchorConfig)
+    RPN: RPNConfig = field(default_factory=RPNConfig)
+    ROI_HEADS: ROIHeadsConfig = field(default_factory=ROIHeadsConfig)
+
+
+@dataclass
+class InputConfig:
+    # Detection
+    MIN_SIZE_TRAIN: List[int] = field(default_factory=lambda: [800])
+    MAX_SIZE_TRAIN: int = 1333
+    MIN_SIZE_TEST: int = 800
+    MAX_SIZE_TEST: int = 1333
+    FLIP_PROB: float = 0.5
+    SIZE_DIVISIBILITY: int = 32  # padding multiple (FPN needs 32; C4 needs 16)
+    # Classification
+    CROP_SIZE: int = 224
+    SCALE_RANGE: List[int] = field(default_factory=lambda: [256, 480])
+    TEST_RESIZE: int = 256
+    PCA_STD: float = 0.1  # AlexNet-style PCA colour augmentation; 0 disables
+    AUGMENT: str = "imagenet"  # "imagenet", "cifar" or "generic"
+
+
+@dataclass
+class DatasetsConfig:
+    TRAIN: List[str] = field(default_factory=list)
+    TEST: List[str] = field(default_factory=list)
+    # Classification: a dataset name ("imagenet", "cifar10") or an ImageFolder root.
+    CLS_TRAIN: str = ""
+    CLS_TEST: str = ""
+    CIFAR_VAL_SIZE: int = 0  # 5000 gives the paper's 45k/5k train/val split
+    ON_ERROR: str = "raise"  # "raise" at the first bad record, or "skip" (counted and logged)
+    FILTER_EMPTY: bool = True  # drop training images without (non-crowd) objects
+
+
+@dataclass
+class DataloaderConfig:
+    NUM_WORKERS: int = 2
+    ASPECT_RATIO_GROUPING: bool = True
+
+
+@dataclass
+class AMPConfig:
+    ENABLED: bool = False
+    DTYPE: str = "bfloat16"  # "bfloat16" (CPU and CUDA) or "float16" (CUDA, with a GradScaler)
+
+
+@dataclass
+class SolverConfig:
+    OPTIMIZER: str = "SGD"  # "SGD" or "AdamW"
+    BASE_LR: float = 0.02
+    MOMENTUM: float = 0.9
+    NESTEROV: bool = False
+    WEIGHT_DECAY: float = 1e-4
+    WEIGHT_DECAY_NORM: float = 0.0  # norm layers and biases get no decay by default
+    WEIGHT_DECAY_BIAS: float = 0.0
+    IMS_PER_BATCH: int = 16  # global batch (split across ranks)
+    MAX_ITER: int = 90000
+    LR_SCHEDULER: str = "multistep"  # "multistep", "cosine" or "plateau"
+    STEPS: List[int] = field(default_factory=lambda: [60000, 80000])
+    GAMMA: float = 0.1
+    WARMUP_ITERS: int = 1000
+    WARMUP_FACTOR: float = 0.001
+    # The paper's ResNet-110 CIFAR trick: LR x WARMUP_UNTIL_ERR_FACTOR until train error < X.
+    WARMUP_UNTIL_TRAIN_ERR: float = 0.0
+    WARMUP_UNTIL_ERR_FACTOR: float = 0.1
+    PLATEAU_PATIENCE: int = 3  # evaluations without improvement before lr /= 10 (plateau)
+    CLIP_GRADIENTS: float = 0.0  # max total grad norm; 0 disables
+    CHECKPOINT_PERIOD: int = 5000
+    MAX_TO_KEEP: int = 3
+    AMP: AMPConfig = field(default_factory=AMPConfig)
+
+
+@dataclass
+class TestConfig:
+    EVAL_PERIOD: int = 0  # 0: evaluate only at the end
+    TEN_CROP: bool = False  # classification: also report 10-crop error
+    IMS_PER_BATCH: int = 1
+
+
+@dataclass
+class Config:
+    MODEL: ModelConfig = field(default_factory=ModelConfig)
+    INPUT: InputConfig = field(default_factory=InputConfig)
+    DATASETS: DatasetsConfig = field(default_factory=DatasetsConfig)
+    DATALOADER: DataloaderConfig = field(default_factory=DataloaderConfig)
+    SOLVER: SolverConfig = field(default_factory=SolverConfig)
+    TEST: TestConfig = field(default_factory=TestConfig)
+    OUTPUT_DIR: str = "output/run"
+    SEED: int = 0
+    DETERMINISTIC: bool = False
+    LOG_PERIOD: int = 20
