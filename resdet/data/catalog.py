@@ -1,0 +1,206 @@
+"""Named detection datasets: ``name → loader() → (records, meta)``.
+
+Configs name datasets (``DATASETS.TRAIN: "voc_2007_trainval+voc_2012_trainval"``); this
+registry turns a name into records. Loaders are called lazily, so registering the standard
+names costs nothing and paths are resolved against :func:`datasets_root` at load time
+(``RESDET_DATASETS`` may be set after import).
+
+Standard names (layout in ``datasets/README.md``)::
+
+    coco_2017_train  coco_2017_val  coco_2014_train  coco_2014_val  coco_2014_minival
+    voc_2007_trainval  voc_2007_train  voc_2007_val  voc_2007_test
+    voc_2012_trainval  voc_2012_train  voc_2012_val
+    shapes_train  shapes_val  shapes_voc_train  shapes_voc_val   (generated, <root>/shapes)
+
+A new dataset is one call: :func:`register_coco_instances` for COCO-format json, or
+:func:`register_dataset` with any function returning ``(records, meta)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from typing import Callable, Dict, List, Tuple, Union
+
+from resdet.data.coco import load_coco_json
+from resdet.data.records import DatasetError, DatasetMeta, DetectionRecord
+from resdet.data.voc import load_voc
+
+logger = logging.getLogger(__name__)
+
+Loader = Callable[[], Tuple[List[DetectionRecord], DatasetMeta]]
+
+_REGISTRY: Dict[str, Loader] = {}
+
+_README_HINT = "see datasets/README.md for the expected layout; RESDET_DATASETS sets the root"
+
+
+def datasets_root() -> str:
+    """Root directory of the standard datasets: ``$RESDET_DATASETS``, default ``./datasets``."""
+    return os.environ.get("RESDET_DATASETS", "datasets")
+
+
+def register_dataset(name: str, loader_fn: Loader, overwrite: bool = False) -> None:
+    """Register ``loader_fn() -> (records, meta)`` under ``name``.
+
+    Raises:
+        ValueError: ``name`` is empty, contains ``"+"`` (reserved for unions), or is already
+            registered and ``overwrite`` is false.
+    """
+    if not name or "+" in name:
+        raise ValueError(f"dataset name must be non-empty and must not contain '+': {name!r}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"dataset {name!r} is already registered (pass overwrite=True)")
+    _REGISTRY[name] = loader_fn
+
+
+def register_coco_instances(
+    name: str, json_file: str, image_root: str, on_error: str = "raise", overwrite: bool = False
+) -> None:
+    """Register a custom COCO-format dataset (json + image directory) under ``name``."""
+
+    def load() -> Tuple[List[DetectionRecord], DatasetMeta]:
+        return load_coco_json(json_file, image_root, name=name, on_error=on_error)
+
+    register_dataset(name, load, overwrite=overwrite)
+
+
+def list_datasets() -> List[str]:
+    """All registered names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _load_one(name: str) -> Tuple[List[DetectionRecord], DatasetMeta]:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise DatasetError(
+            f"unknown dataset {name!r}{hint} (registered: {len(_REGISTRY)}, "
+            "see resdet.data.catalog.list_datasets())"
+        )
+    records, meta = _REGISTRY[name]()
+    if not meta.name:
+        meta.name = name
+    return records, meta
+
+
+def get_dataset(names: Union[str, List[str]]) -> Tuple[List[DetectionRecord], DatasetMeta]:
+    """Load one dataset, or the concatenation of several.
+
+    Args:
+        names: a registered name, a ``"+"``-joined union (``"voc_2007_trainval+voc_2012_trainval"``)
+            or a list of names.
+
+    Returns:
+        ``(records, meta)``. For a union the records are concatenated in order; the meta is the
+        first dataset's with ``name`` set to the ``"+"``-joined names and ``json_file=None``
+        (no single json describes a union). Image ids are the datasets' own and may repeat
+        across the parts of a union.
+
+    Raises:
+        DatasetError: unknown name (the message lists the closest registered names), missing
+            files, or a union whose parts disagree on class names, category ids or evaluator.
+    """
+    parts = [names] if isinstance(names, str) else list(names)
+    parts = [p.strip() for item in parts for p in item.split("+") if p.strip()]
+    if not parts:
+        raise DatasetError(f"no dataset name given: {names!r}")
+    loaded = [_load_one(p) for p in parts]
+    if len(loaded) == 1:
+        return loaded[0]
+    first_name, (_, first_meta) = parts[0], loaded[0]
+    records: List[DetectionRecord] = []
+    for part, (recs, meta) in zip(parts, loaded):
+        for attr in ("class_names", "category_ids", "evaluator"):
+            if getattr(meta, attr) != getattr(first_meta, attr):
+                raise DatasetError(
+                    f"cannot join datasets {first_name!r} and {part!r}: {attr} differ "
+                    f"({getattr(first_meta, attr)!r} vs {getattr(meta, attr)!r})"
+                )
+        records.extend(recs)
+    meta = DatasetMeta(
+        name="+".join(parts),
+        class_names=list(first_meta.class_names),
+        category_ids=list(first_meta.category_ids or []),
+        evaluator=first_meta.evaluator,
+        json_file=None,
+    )
+    logger.info("dataset union %s: %d images", meta.name, len(records))
+    return records, meta
+
+
+def _require(path: str, name: str, what: str) -> None:
+    if not os.path.exists(path):
+        raise DatasetError(f"dataset {name!r}: {what} not found at {path} ({_README_HINT})")
+
+
+def _standard_coco(name: str, json_rel: str, image_rel: str) -> Loader:
+    def load() -> Tuple[List[DetectionRecord], DatasetMeta]:
+        json_file = os.path.join(datasets_root(), "coco", "annotations", json_rel)
+        image_root = os.path.join(datasets_root(), "coco", image_rel)
+        _require(json_file, name, "annotation file")
+        _require(image_root, name, "image directory")
+        # The official train2017 json has two zero-height boxes (cocoapi#355): drop and log them
+        # rather than refusing the standard dataset.
+        return load_coco_json(json_file, image_root, name=name, on_error="skip")
+
+    return load
+
+
+def _standard_voc(name: str, year: str, split: str) -> Loader:
+    def load() -> Tuple[List[DetectionRecord], DatasetMeta]:
+        root = os.path.join(datasets_root(), "VOCdevkit", f"VOC{year}")
+        _require(root, name, "VOC directory")
+        _require(os.path.join(root, "ImageSets", "Main", f"{split}.txt"), name, "split file")
+        return load_voc(root, year, split, name=name)
+
+    return load
+
+
+def _register_standard() -> None:
+    for split, json_rel, image_rel in (
+        ("2017_train", "instances_train2017.json", "train2017"),
+        ("2017_val", "instances_val2017.json", "val2017"),
+        ("2014_train", "instances_train2014.json", "train2014"),
+        ("2014_val", "instances_val2014.json", "val2014"),
+        # Detectron's 5k minival of the 2014 val images (instances_minival2014.json).
+        ("2014_minival", "instances_minival2014.json", "val2014"),
+    ):
+        name = f"coco_{split}"
+        register_dataset(name, _standard_coco(name, json_rel, image_rel))
+    for year, splits in (
+        ("2007", ("trainval", "train", "val", "test")),
+        ("2012", ("trainval", "train", "val")),
+    ):
+        for split in splits:
+            name = f"voc_{year}_{split}"
+            register_dataset(name, _standard_voc(name, year, split))
+    for split in ("train", "val"):
+        register_dataset(f"shapes_{split}", _shapes(f"shapes_{split}", split, voc=False))
+        register_dataset(f"shapes_voc_{split}", _shapes(f"shapes_voc_{split}", split, voc=True))
+
+
+def _shapes(name: str, split: str, voc: bool) -> Loader:
+    """The embedded synthetic dataset under ``<root>/shapes`` (``resdet.data.shapes``), as COCO
+    json (COCO evaluator) or as VOC xml (VOC evaluator)."""
+
+    def load() -> Tuple[List[DetectionRecord], DatasetMeta]:
+        from resdet.data.shapes import SHAPES_CLASSES, shapes_paths
+
+        root = os.path.join(datasets_root(), "shapes")
+        paths = shapes_paths(root)
+        if voc:
+            split_file = os.path.join(paths["voc_root"], "ImageSets", "Main", f"{split}.txt")
+            _require(split_file, name, "split file (generate it with resdet.data.shapes)")
+            return load_voc(
+                paths["voc_root"], "shapes", split, name=name, class_names=SHAPES_CLASSES
+            )
+        json_file = paths[f"{split}_json"]
+        _require(json_file, name, "annotation file (generate it with resdet.data.shapes)")
+        return load_coco_json(json_file, paths[f"{split}_images"], name=name)
+
+    return load
+
+
+_register_standard()
