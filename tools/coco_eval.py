@@ -1,0 +1,46 @@
+"""Score a COCO results json against a COCO ground-truth json with pycocotools.
+
+    python tools/coco_eval.py --gt instances_val2017.json --dt coco_results.json [--output DIR]
+
+Prints the summary APs and per-class APs (in percent); with ``--output`` also writes
+``coco_metrics.json`` (fractions in [0, 1]) and ``coco_per_class.md`` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+try:
+    import resdet  # noqa: F401
+except ImportError:  # run from a checkout without installing: put the repo root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from resdet.data.records import DatasetError
+from resdet.evaluation.coco import evaluate_coco_files, format_coco_metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gt", required=True, help="COCO ground-truth json")
+    parser.add_argument("--dt", required=True, help="COCO results json (list of detections)")
+    parser.add_argument("--output", default=None, help="directory for metrics json + table")
+    parser.add_argument("--verbose", action="store_true", help="show pycocotools' log")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        metrics = evaluate_coco_files(args.gt, args.dt, args.output)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_coco_metrics(metrics), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
