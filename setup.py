@@ -15,7 +15,7 @@ setup(
         "numpy",
         "pycocotools>=2.0.6",
         "opencv-python-headless>=4.6",
-        "albumentations>=1.3",
+        "albumentations>=2.0",
         "pyyaml>=5.4",
         "tqdm>=4.60",
         "tensorboard>=2.10",

@@ -92,7 +92,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         except ValueError:
             pass
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(
+            f"{where}: expected {tp.__name__}, got {value!r} ({type(value).__name__})"
+        )
     return value
 
 

@@ -250,7 +250,9 @@ class ResNet(Backbone):
             return (BasicBlock if kind == "basic" else Bottleneck), layers
         if stem == "cifar":
             if depth < 8 or (depth - 2) % 6:
-                raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, ...), got {depth}")
+                raise ValueError(
+                    f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, ...), got {depth}"
+                )
             n = (depth - 2) // 6
             return BasicBlock, (n, n, n)
         raise ValueError(f"stem must be 'imagenet' or 'cifar', got '{stem}'")
@@ -281,9 +283,11 @@ class ResNet(Backbone):
         return getattr(self, f"layer{STAGE_NAMES.index(name) + 1}")
 
     def freeze(self, freeze_at: int) -> None:
-        """Freeze the stem (``freeze_at >= 1``) and residual stages ``res2..`` up to ``freeze_at``."""
+        """Freeze the stem (``freeze_at >= 1``) and stages ``res2..`` up to ``freeze_at``."""
         if not 0 <= freeze_at <= len(self.stage_names) + 1:
-            raise ValueError(f"freeze_at must be in 0..{len(self.stage_names) + 1}, got {freeze_at}")
+            raise ValueError(
+                f"freeze_at must be in 0..{len(self.stage_names) + 1}, got {freeze_at}"
+            )
         self.freeze_at = freeze_at
         if freeze_at >= 1:
             for p in (*self.conv1.parameters(), *self.bn1.parameters()):
@@ -318,7 +322,7 @@ class ResNet(Backbone):
 
 
 def build_resnet(
-    cfg_backbone: "object",
+    cfg_backbone: object,
     num_classes: int = 0,
     out_features: Optional[Sequence[str]] = None,
 ) -> ResNet:
@@ -337,5 +341,3 @@ def build_resnet(
         zero_init_residual=b.ZERO_INIT_RESIDUAL,
         width=b.WIDTH if b.STEM == "imagenet" else (b.WIDTH if b.WIDTH != 64 else 16),
     )
-
-

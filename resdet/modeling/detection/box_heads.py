@@ -1,0 +1,106 @@
+"""Box heads: features for each region.
+
+- ``C4BoxHead``: the paper's design (Appendix A). RoI pooling to 14x14 on res4 (stride 16),
+  then conv5_x (the backbone's own ``res5`` stage, which halves it to 7x7) and global
+  average pooling: "conv5_x ... as the per-region classifier".
+- ``FPNBoxHead``: multi-level RoIAlign to 7x7 (Lin et al. 2017), then two 1024-d fc layers.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.ops import MultiScaleRoIAlign, roi_align, roi_pool
+
+
+class C4BoxHead(nn.Module):
+    """RoIAlign/RoIPool on one feature map, then ``res5`` and average pooling -> ``[R, C5]``.
+
+    Args:
+        res5: the backbone's conv5_x stage. It is *borrowed*, not owned: its parameters stay
+            under ``backbone.layer4.*``, so a classification checkpoint loads into the detector
+            with the same keys (only ``fc.*`` left over) and freezing works as for any stage.
+        out_channels: channels after ``res5`` (2048 for ResNet-50/101).
+    """
+
+    def __init__(
+        self,
+        in_feature: str,
+        stride: int,
+        res5: nn.Module,
+        out_channels: int,
+        resolution: int = 14,
+        sampling_ratio: int = 0,
+        pooler_type: str = "ROIAlign",
+    ) -> None:
+        super().__init__()
+        if pooler_type not in ("ROIAlign", "ROIPool"):
+            raise ValueError(f"POOLER_TYPE must be 'ROIAlign' or 'ROIPool', got '{pooler_type}'")
+        self.in_feature = in_feature
+        self.scale = 1.0 / stride
+        self.resolution = resolution
+        self.sampling_ratio = sampling_ratio
+        self.pooler_type = pooler_type
+        # Bypass nn.Module registration on purpose (see the class docstring).
+        self.__dict__["res5"] = res5
+        self.out_channels = out_channels
+
+    def forward(
+        self,
+        features: Dict[str, torch.Tensor],
+        proposals: List[torch.Tensor],
+        image_sizes: List[Tuple[int, int]],
+    ) -> torch.Tensor:
+        x = features[self.in_feature]
+        boxes = [p.to(x.dtype) for p in proposals]
+        if self.pooler_type == "ROIAlign":
+            pooled = roi_align(
+                x, boxes, self.resolution, self.scale, self.sampling_ratio, aligned=True
+            )
+        else:
+            pooled = roi_pool(x, boxes, self.resolution, self.scale)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            pooled = pooled.contiguous(memory_format=torch.channels_last)
+        # All RoIs of the batch go through res5 in one call: one big GEMM-friendly batch.
+        return self.res5(pooled).mean(dim=(2, 3))
+
+
+class FPNBoxHead(nn.Module):
+    """Multi-level RoIAlign (level chosen by box size) -> flatten -> fc -> fc -> ``[R, fc_dim]``."""
+
+    def __init__(
+        self,
+        in_features: Sequence[str],
+        in_channels: int,
+        first_stride: int,
+        resolution: int = 7,
+        sampling_ratio: int = 0,
+        fc_dim: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.pooler = MultiScaleRoIAlign(list(in_features), resolution, sampling_ratio)
+        self.fc1 = nn.Linear(in_channels * resolution * resolution, fc_dim)
+        self.fc2 = nn.Linear(fc_dim, fc_dim)
+        self.out_channels = fc_dim
+        self.first_stride = first_stride
+        for fc in (self.fc1, self.fc2):
+            nn.init.kaiming_uniform_(fc.weight, a=1)
+            nn.init.zeros_(fc.bias)
+
+    def forward(
+        self,
+        features: Dict[str, torch.Tensor],
+        proposals: List[torch.Tensor],
+        image_sizes: List[Tuple[int, int]],
+    ) -> torch.Tensor:
+        feats = {k: features[k] for k in self.pooler.featmap_names}
+        first = feats[self.pooler.featmap_names[0]]
+        # MultiScaleRoIAlign infers each level's scale from the padded input size.
+        input_size = (first.shape[-2] * self.first_stride, first.shape[-1] * self.first_stride)
+        dtype = first.dtype
+        x = self.pooler(feats, [p.to(dtype) for p in proposals], [input_size] * len(proposals))
+        x = F.relu(self.fc1(x.flatten(1)))
+        return F.relu(self.fc2(x))

@@ -1,0 +1,141 @@
+"""Build a Faster R-CNN from a config. The YAML names two choices, the backbone and the head."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+from resdet.config.schema import Config
+from resdet.modeling.backbone.base import Backbone
+from resdet.modeling.backbone.fpn import FPN
+from resdet.modeling.backbone.resnet import build_resnet
+from resdet.modeling.detection.anchors import AnchorGenerator
+from resdet.modeling.detection.box_coder import BoxCoder
+from resdet.modeling.detection.box_heads import C4BoxHead, FPNBoxHead
+from resdet.modeling.detection.faster_rcnn import FasterRCNN
+from resdet.modeling.detection.roi_heads import BoxPredictor, ROIHeads
+from resdet.modeling.detection.rpn import RPN, RPNHead
+from resdet.modeling.detection.sampling import Matcher
+from resdet.registry import Registry
+
+BACKBONES: Registry[Backbone] = Registry("backbone")
+BOX_HEADS: Registry = Registry("ROI box head")
+
+
+@BACKBONES.register("resnet")
+def _resnet(cfg: Config) -> Backbone:
+    return build_resnet(cfg.MODEL.BACKBONE, num_classes=0)
+
+
+@BACKBONES.register("resnet_fpn")
+def _resnet_fpn(cfg: Config) -> Backbone:
+    trunk = build_resnet(
+        cfg.MODEL.BACKBONE, num_classes=0, out_features=["res2", "res3", "res4", "res5"]
+    )
+    return FPN(trunk, cfg.MODEL.FPN.OUT_CHANNELS)
+
+
+@BOX_HEADS.register("c4")
+def _c4_head(cfg: Config, backbone: Backbone) -> C4BoxHead:
+    r = cfg.MODEL.ROI_HEADS
+    if not hasattr(backbone, "stage"):
+        raise ValueError("the C4 head needs a plain ResNet backbone (MODEL.BACKBONE.NAME 'resnet')")
+    (name,) = r.IN_FEATURES
+    shape = backbone.output_shape()[name]
+    res5 = backbone.stage("res5")
+    return C4BoxHead(
+        name, shape.stride, res5, backbone._shapes["res5"].channels,
+        r.POOLER_RESOLUTION, r.POOLER_SAMPLING_RATIO, r.POOLER_TYPE,
+    )  # fmt: skip
+
+
+@BOX_HEADS.register("fpn")
+def _fpn_head(cfg: Config, backbone: Backbone) -> FPNBoxHead:
+    r = cfg.MODEL.ROI_HEADS
+    shapes = backbone.output_shape()
+    missing = [f for f in r.IN_FEATURES if f not in shapes]
+    if missing:
+        raise ValueError(
+            f"MODEL.ROI_HEADS.IN_FEATURES {missing} not produced by the backbone ({list(shapes)})"
+        )
+    first = shapes[r.IN_FEATURES[0]]
+    return FPNBoxHead(
+        r.IN_FEATURES, first.channels, first.stride, r.POOLER_RESOLUTION,
+        r.POOLER_SAMPLING_RATIO, r.FC_DIM,
+    )  # fmt: skip
+
+
+def _rpn(cfg: Config, backbone: Backbone) -> RPN:
+    r = cfg.MODEL.RPN
+    shapes = backbone.output_shape()
+    missing = [f for f in r.IN_FEATURES if f not in shapes]
+    if missing:
+        raise ValueError(
+            f"MODEL.RPN.IN_FEATURES {missing} not produced by the backbone ({list(shapes)})"
+        )
+    channels = {shapes[f].channels for f in r.IN_FEATURES}
+    if len(channels) != 1:
+        raise ValueError(
+            "the RPN head is shared across levels: all IN_FEATURES need equal channels"
+        )
+    anchors = AnchorGenerator(
+        cfg.MODEL.ANCHOR.SIZES,
+        cfg.MODEL.ANCHOR.ASPECT_RATIOS,
+        [shapes[f].stride for f in r.IN_FEATURES],
+    )
+    return RPN(
+        r.IN_FEATURES,
+        RPNHead(channels.pop(), anchors.num_anchors),
+        anchors,
+        BoxCoder(r.BBOX_REG_WEIGHTS),
+        Matcher([r.BG_IOU_THRESHOLD, r.FG_IOU_THRESHOLD], allow_low_quality_matches=True),
+        r.BATCH_SIZE_PER_IMAGE,
+        r.POSITIVE_FRACTION,
+        (r.PRE_NMS_TOPK_TRAIN, r.PRE_NMS_TOPK_TEST),
+        (r.POST_NMS_TOPK_TRAIN, r.POST_NMS_TOPK_TEST),
+        r.NMS_THRESH,
+        r.MIN_SIZE,
+        r.LOSS_TYPE,
+        r.SMOOTH_L1_BETA,
+        r.LOSS_WEIGHT,
+    )
+
+
+def _roi_heads(cfg: Config, backbone: Backbone) -> ROIHeads:
+    r = cfg.MODEL.ROI_HEADS
+    box_head = BOX_HEADS.get(r.NAME)(cfg, backbone)
+    return ROIHeads(
+        box_head,
+        BoxPredictor(box_head.out_channels, r.NUM_CLASSES, fp32=r.FP32_BOX_PREDICTOR),
+        r.NUM_CLASSES,
+        BoxCoder(r.BBOX_REG_WEIGHTS),
+        Matcher([r.IOU_THRESHOLD, r.IOU_THRESHOLD]),
+        r.BATCH_SIZE_PER_IMAGE,
+        r.POSITIVE_FRACTION,
+        r.SCORE_THRESH_TEST,
+        r.NMS_THRESH_TEST,
+        r.DETECTIONS_PER_IMAGE,
+        r.LOSS_TYPE,
+        r.SMOOTH_L1_BETA,
+    )
+
+
+def build_detector(cfg: Config) -> FasterRCNN:
+    """Faster R-CNN as the config describes it (random init; weights are loaded separately)."""
+    backbone = BACKBONES.get(cfg.MODEL.BACKBONE.NAME)(cfg)
+    model = FasterRCNN(
+        backbone,
+        _rpn(cfg, backbone),
+        _roi_heads(cfg, backbone),
+        cfg.MODEL.PIXEL_MEAN,
+        cfg.MODEL.PIXEL_STD,
+        cfg.MODEL.INPUT_FORMAT,
+        cfg.INPUT.SIZE_DIVISIBILITY,
+        cfg.MODEL.CHANNELS_LAST,
+    )
+    if cfg.MODEL.CHANNELS_LAST:
+        model = model.to(memory_format=__import__("torch").channels_last)
+    return model
+
+
+def registered() -> Tuple[list, list]:
+    return BACKBONES.names(), BOX_HEADS.names()
