@@ -160,6 +160,8 @@ class SolverConfig:
     WARMUP_UNTIL_TRAIN_ERR: float = 0.0
     WARMUP_UNTIL_ERR_FACTOR: float = 0.1
     PLATEAU_PATIENCE: int = 3  # evaluations without improvement before lr /= 10 (plateau)
+    PLATEAU_METRIC: str = "top1_err"  # eval result key the plateau rule watches (e.g. "bbox/AP")
+    PLATEAU_MODE: str = "min"  # "min" for errors, "max" for AP; lr *= GAMMA on a plateau
     CLIP_GRADIENTS: float = 0.0  # max total grad norm; 0 disables
     CHECKPOINT_PERIOD: int = 5000
     MAX_TO_KEEP: int = 3

@@ -1,0 +1,143 @@
+"""Training curves in the style of the paper's Figures 4 and 6.
+
+Each run directory holds ``metrics.jsonl`` (written by :class:`resdet.engine.hooks.MetricsHook`
+and ``EvalHook``). Training error (``train_err``) is drawn thin and dashed, validation error
+(``val/top1_err``) bold, one colour per run, against iterations -- so plain and residual nets,
+or several depths, can be compared in one picture. Runs without any error logged (e.g.
+detection) are drawn by training loss instead.
+
+Uses matplotlib's Agg canvas directly (no pyplot), so it works without a display and leaves
+no global figure state behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Dict, List, Sequence, Tuple
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["plot_curves", "read_metrics"]
+
+TRAIN_ERR = "train_err"
+VAL_ERR = "val/top1_err"
+LOSS = "loss"
+
+
+def read_metrics(run_dir: str) -> Tuple[List[Dict[str, float]], List[Dict[str, float]]]:
+    """``(training records, evaluation records)`` from ``run_dir/metrics.jsonl``.
+
+    Evaluation records are those with a ``val/...`` key. If an iteration appears twice (a
+    resumed run that re-did some iterations), the later line wins. Unparseable lines (a crash
+    mid-write) are skipped. Both lists are sorted by iteration.
+
+    Raises:
+        FileNotFoundError: no ``metrics.jsonl`` in ``run_dir``.
+    """
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: not found (is {run_dir} a training output directory?)")
+    train: Dict[int, Dict[str, float]] = {}
+    val: Dict[int, Dict[str, float]] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            try:
+                rec = json.loads(line)
+                it = int(rec["iteration"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                logger.warning("%s:%d: skipping unreadable line", path, n)
+                continue
+            is_val = any(k.startswith("val/") for k in rec)
+            (val if is_val else train)[it] = rec
+    return [train[i] for i in sorted(train)], [val[i] for i in sorted(val)]
+
+
+def _series(records: Sequence[Dict[str, float]], key: str, scale: float) -> Tuple[list, list]:
+    pts = [
+        (r["iteration"], r[key] * scale) for r in records if isinstance(r.get(key), (int, float))
+    ]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_curves(
+    run_dirs: Sequence[str],
+    output: str,
+    labels: Sequence[str] | None = None,
+    title: str = "",
+) -> str:
+    """Draw the runs' error curves (or loss curves) into the image file ``output``.
+
+    Args:
+        run_dirs: training output directories, each with ``metrics.jsonl``.
+        output: image path (format from the extension, e.g. ``.png``, ``.pdf``).
+        labels: legend names, one per run (default: the directory names).
+        title: figure title.
+
+    Returns:
+        ``output``.
+
+    Raises:
+        FileNotFoundError: a run has no ``metrics.jsonl``.
+        ValueError: ``labels`` has the wrong length, or no run logged anything plottable.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    if labels is not None and len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
+    names = list(labels) if labels else [os.path.basename(os.path.normpath(d)) for d in run_dirs]
+    runs = [read_metrics(d) for d in run_dirs]
+    has_err = any(
+        any(TRAIN_ERR in r for r in tr) or any(VAL_ERR in r for r in va) for tr, va in runs
+    )
+    max_iter = max((r["iteration"] for tr, va in runs for r in [*tr, *va]), default=0)
+    if max_iter == 0:
+        raise ValueError(f"no training records in {', '.join(run_dirs)}")
+    # The paper's axes read "iter. (1e4)".
+    x_scale, x_label = (1e4, "iter. (1e4)") if max_iter >= 2e4 else (1.0, "iteration")
+
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    for (train, val), name, color in zip(runs, names, colors):
+        if has_err:
+            xs, ys = _series(train, TRAIN_ERR, 100.0)
+            ax.plot([x / x_scale for x in xs], ys, "--", color=color, lw=1.0, alpha=0.8)
+            xs, ys = _series(val, VAL_ERR, 100.0)
+            marker = "o" if len(xs) < 30 else None  # a lone final evaluation stays visible
+            ax.plot(
+                [x / x_scale for x in xs],
+                ys,
+                "-",
+                color=color,
+                lw=2.4,
+                marker=marker,
+                ms=4,
+                label=name,
+            )
+        else:
+            xs, ys = _series(train, LOSS, 1.0)
+            ax.plot([x / x_scale for x in xs], ys, "-", color=color, lw=1.5, label=name)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("error (%)" if has_err else "training loss")
+    ax.grid(True, alpha=0.3)
+    handles, _ = ax.get_legend_handles_labels()
+    if has_err:
+        # Colour = run (from the bold lines); two extra black entries explain the line styles.
+        handles = [Line2D([], [], color=c, lw=2.4, label=n) for c, n in zip(colors, names)]
+        handles += [
+            Line2D([], [], color="k", ls="--", lw=1.0, label="train"),
+            Line2D([], [], color="k", ls="-", lw=2.4, label="val"),
+        ]
+    ax.legend(handles=handles, loc="upper right", fontsize=9, frameon=False)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    fig.savefig(output)
+    logger.info("wrote %s (%d runs)", output, len(runs))
+    return output
