@@ -172,6 +172,8 @@ class SolverConfig:
 class TestConfig:
     EVAL_PERIOD: int = 0  # 0: evaluate only at the end
     TEN_CROP: bool = False  # classification: also report 10-crop error
+    # Detection: evaluators to run ("coco", "voc"); empty = the test dataset's own.
+    EVALUATORS: List[str] = field(default_factory=list)
     IMS_PER_BATCH: int = 1
 
 

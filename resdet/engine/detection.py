@@ -1,0 +1,297 @@
+"""The detection task: build data, model and evaluators from a Config, then train or evaluate.
+
+``tools/train_det.py`` and ``tools/eval_det.py`` are thin wrappers over :func:`run` and
+:func:`evaluate_checkpoint`. The loop itself is :func:`resdet.engine.trainer.train_loop`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from typing import Any, Callable, ContextManager, Dict, List, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from resdet.config.load import ConfigError, save_config
+from resdet.config.schema import Config
+from resdet.data.catalog import get_dataset
+from resdet.data.coco import filter_empty
+from resdet.data.det_dataset import DetectionDataset
+from resdet.data.det_transforms import build_det_transforms
+from resdet.data.loader import build_detection_loader
+from resdet.data.records import DatasetMeta, DetectionRecord
+from resdet.engine.amp import autocast_factory, build_grad_scaler
+from resdet.engine.checkpoint import Checkpointer, load_model_weights
+from resdet.engine.classification import resolve_device
+from resdet.engine.dist import barrier, get_world_size, init_distributed, is_main_process
+from resdet.engine.hooks import (
+    CheckpointHook,
+    EvalHook,
+    LRFeedbackHook,
+    MetricsHook,
+    MetricsWriter,
+    ProgressHook,
+)
+from resdet.engine.optim import build_lr_scheduler, build_optimizer
+from resdet.engine.trainer import train_loop
+from resdet.evaluation.coco import COCOEvaluator
+from resdet.evaluation.voc import VOCEvaluator
+from resdet.modeling.detection.build import build_detector
+from resdet.modeling.detection.faster_rcnn import FasterRCNN
+from resdet.utils.logging import close_logging, setup_logging
+
+logger = logging.getLogger(__name__)
+
+EVALUATORS = {"coco": COCOEvaluator, "voc": VOCEvaluator}
+
+
+def load_detection_data(
+    names: List[str], cfg: Config, train: bool
+) -> Tuple[List[DetectionRecord], DatasetMeta]:
+    """Records and meta of the named datasets (a ``+`` union when several are listed)."""
+    if not names:
+        raise ConfigError(f"DATASETS.{'TRAIN' if train else 'TEST'} is empty: name a dataset")
+    records, meta = get_dataset(names if len(names) > 1 else names[0])
+    if train and cfg.DATASETS.FILTER_EMPTY:
+        records = filter_empty(records)
+    if not records:
+        raise ConfigError(f"dataset {'+'.join(names)} has no usable images")
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if len(meta.class_names) != num_classes:
+        raise ConfigError(
+            f"MODEL.ROI_HEADS.NUM_CLASSES is {num_classes} but dataset {meta.name} has "
+            f"{len(meta.class_names)} classes; set MODEL.ROI_HEADS.NUM_CLASSES "
+            f"{len(meta.class_names)}"
+        )
+    return records, meta
+
+
+def build_test_loader(cfg: Config, records: List[DetectionRecord]) -> DataLoader:
+    transform = build_det_transforms(
+        cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, 0.0, is_train=False
+    )
+    dataset = DetectionDataset(records, transform, drop_difficult=False)
+    return build_detection_loader(
+        dataset,
+        cfg.TEST.IMS_PER_BATCH,
+        cfg.DATALOADER.NUM_WORKERS,
+        shuffle=False,
+        seed=cfg.SEED,
+        aspect_grouping=False,
+        distributed=get_world_size() > 1,
+    )
+
+
+@torch.inference_mode()
+def run_inference(
+    model: nn.Module,
+    loader: DataLoader,
+    amp_ctx: Callable[[], ContextManager],
+    desc: str = "inference",
+) -> List[Dict[str, Any]]:
+    """Detections for every image of ``loader`` on this rank, in original-image pixels."""
+    was_training = model.training
+    model.eval()
+    out: List[Dict[str, Any]] = []
+    try:
+        for batch in tqdm(loader, desc=desc, disable=not is_main_process(), leave=False):
+            with amp_ctx():
+                dets = model(batch)
+            for x, d in zip(batch, dets):
+                out.append(
+                    {
+                        "image_id": x["image_id"],
+                        "boxes": d["boxes"].float().cpu().numpy(),
+                        "scores": d["scores"].float().cpu().numpy(),
+                        "labels": d["labels"].cpu().numpy(),
+                    }
+                )
+    finally:
+        model.train(was_training)
+    return out
+
+
+def evaluate_detector(
+    model: nn.Module,
+    cfg: Config,
+    test_sets: List[Tuple[str, List[DetectionRecord], DatasetMeta]],
+    amp_ctx: Callable[[], ContextManager],
+    output_dir: str,
+) -> Dict[str, float]:
+    """Run every test set through the model and every evaluator it asks for.
+
+    Returns flat float metrics, ``"<evaluator>/<metric>"`` (prefixed with the dataset name
+    when there are several test sets); per-class tables are written into ``output_dir``.
+    """
+    results: Dict[str, float] = {}
+    for name, records, meta in test_sets:
+        dets = run_inference(model, build_test_loader(cfg, records), amp_ctx, f"eval {name}")
+        kinds = cfg.TEST.EVALUATORS or [meta.evaluator]
+        for kind in kinds:
+            if kind not in EVALUATORS:
+                raise ConfigError(
+                    f"TEST.EVALUATORS: unknown '{kind}'; choose from {sorted(EVALUATORS)}"
+                )
+            sub = output_dir if len(test_sets) == 1 else os.path.join(output_dir, name)
+            evaluator = EVALUATORS[kind](records, meta, sub if is_main_process() else None)
+            evaluator.process(dets)
+            metrics = evaluator.evaluate()
+            prefix = f"{kind}/" if len(test_sets) == 1 else f"{name}/{kind}/"
+            results.update(
+                {prefix + k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            )
+    return results
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _load_initial_weights(model: FasterRCNN, cfg: Config, weights: str) -> None:
+    if weights or cfg.MODEL.WEIGHTS:
+        load_model_weights(model, weights or cfg.MODEL.WEIGHTS)
+    elif cfg.MODEL.BACKBONE.PRETRAINED:
+        # A classification checkpoint: same ResNet keys, only fc.* is left over (logged).
+        logger.info("initialising the backbone from %s", cfg.MODEL.BACKBONE.PRETRAINED)
+        load_model_weights(model.resnet, cfg.MODEL.BACKBONE.PRETRAINED)
+    else:
+        logger.warning("no MODEL.WEIGHTS or MODEL.BACKBONE.PRETRAINED: training from scratch")
+
+
+def run(
+    cfg: Config, resume: bool = False, eval_only: bool = False, weights: str = ""
+) -> Dict[str, float]:
+    """Train (or with ``eval_only`` evaluate) a Faster R-CNN as ``cfg`` says.
+
+    Writes into ``cfg.OUTPUT_DIR``: ``config.yaml`` (the resolved config), ``log.txt``,
+    ``metrics.jsonl``, TensorBoard events, checkpoints and the evaluators' result files.
+    Returns the last evaluation's metrics.
+    """
+    rank, _, _ = init_distributed()
+    if is_main_process():
+        save_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+    setup_logging(cfg.OUTPUT_DIR, rank)
+    try:
+        return _run(cfg, resume, eval_only, weights)
+    finally:
+        close_logging()
+
+
+def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, float]:
+    out = cfg.OUTPUT_DIR
+    device = resolve_device(cfg.MODEL.DEVICE)
+    logger.info("detection run in %s on %s (world size %d)", out, device, get_world_size())
+    if cfg.DETERMINISTIC:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.DETERMINISTIC
+    _seed_everything(cfg.SEED)
+
+    model = build_detector(cfg).to(device)
+    test_sets = []
+    for name in cfg.DATASETS.TEST:
+        records, meta = load_detection_data([name], cfg, train=False)
+        test_sets.append((name, records, meta))
+    amp = cfg.SOLVER.AMP
+    amp_ctx = autocast_factory(device.type, amp.ENABLED, amp.DTYPE)
+    checkpointer = Checkpointer(out, cfg.SOLVER.MAX_TO_KEEP, cfg)
+
+    def evaluate() -> Dict[str, float]:
+        return evaluate_detector(model, cfg, test_sets, amp_ctx, out)
+
+    if eval_only:
+        source = weights or cfg.MODEL.WEIGHTS or checkpointer.last_checkpoint()
+        if not source:
+            raise ConfigError(
+                "--eval-only needs --weights, MODEL.WEIGHTS or a checkpoint in OUTPUT_DIR"
+            )
+        if not test_sets:
+            raise ConfigError("--eval-only needs DATASETS.TEST")
+        load_model_weights(model, source)
+        results = evaluate()
+        if is_main_process():
+            with open(os.path.join(out, "eval_results.json"), "w", encoding="utf-8") as f:
+                json.dump({"weights": source, **results}, f, indent=2)
+        return results
+
+    train_records, train_meta = load_detection_data(cfg.DATASETS.TRAIN, cfg, train=True)
+    logger.info("training on %s: %d images, %d classes", train_meta.name, len(train_records),
+                len(train_meta.class_names))  # fmt: skip
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_lr_scheduler(cfg, optimizer, cfg.SOLVER.MAX_ITER)
+    scaler = build_grad_scaler(device.type, amp.ENABLED, amp.DTYPE)
+    start_iter = 0
+    if resume and checkpointer.last_checkpoint():
+        start_iter = int(checkpointer.resume(model, optimizer, scheduler, scaler)["iteration"])
+    else:
+        if resume:
+            logger.info("--resume: no checkpoint in %s, starting from scratch", out)
+        _load_initial_weights(model, cfg, weights)
+
+    train_model: nn.Module = model
+    if get_world_size() > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        # The C4 head borrows res5 from the backbone; unused parameters can occur when a
+        # batch has no foreground, hence find_unused_parameters.
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=ids, find_unused_parameters=True
+        )
+    world = get_world_size()
+    if cfg.SOLVER.IMS_PER_BATCH % world:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by {world} processes"
+        )
+    train_tf = build_det_transforms(
+        cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.FLIP_PROB, is_train=True
+    )
+    loader = build_detection_loader(
+        DetectionDataset(train_records, train_tf),
+        cfg.SOLVER.IMS_PER_BATCH // world,
+        cfg.DATALOADER.NUM_WORKERS,
+        shuffle=True,
+        seed=cfg.SEED,
+        aspect_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        distributed=world > 1,
+        infinite=True,
+        start_iter=start_iter,
+    )
+
+    def compute_losses(m: nn.Module, batch: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+        return m(batch)
+
+    writer = MetricsWriter(out, start_iter)
+    hooks = [MetricsHook(writer, cfg.LOG_PERIOD), ProgressHook()]
+    if test_sets:
+        hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, evaluate, writer))
+    hooks.append(LRFeedbackHook(scheduler, cfg.SOLVER.PLATEAU_METRIC))
+    hooks.append(
+        CheckpointHook(
+            checkpointer,
+            cfg.SOLVER.CHECKPOINT_PERIOD,
+            extra={"class_names": train_meta.class_names},
+        )
+    )
+    state = train_loop(
+        train_model,
+        compute_losses,
+        iter(loader),
+        optimizer,
+        scheduler,
+        start_iter,
+        cfg.SOLVER.MAX_ITER,
+        hooks,
+        amp_ctx,
+        scaler,
+        cfg.SOLVER.CLIP_GRADIENTS,
+        ims_per_batch=cfg.SOLVER.IMS_PER_BATCH,
+    )
+    barrier()
+    return state.metrics
