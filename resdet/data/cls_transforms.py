@@ -37,6 +37,8 @@ import torch
 import torchvision.transforms.functional as TF
 from albumentations.pytorch import ToTensorV2
 
+from resdet.data.random_state import seed_compose
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -139,12 +141,12 @@ class ClsTransform:
         info = torch.utils.data.get_worker_info()
         if info is None or self._seeded_pid == os.getpid():
             return
-        self.compose.set_random_seed(int(info.seed % 2**32))
+        seed_compose(self.compose, int(info.seed % 2**32))
         self._seeded_pid = os.getpid()
 
     def set_seed(self, seed: int | None) -> None:
         """Make the random augmentations reproducible (``None``: fresh entropy)."""
-        self.compose.set_random_seed(seed)
+        seed_compose(self.compose, seed)
 
     def _augment(self, image: np.ndarray) -> Any:
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
@@ -210,7 +212,7 @@ def imagenet_train_transform(
     ]
     if pca_std > 0:
         ops.append(ImageNetPCALighting(std=pca_std, p=1.0))
-    return ClsTransform(A.Compose(ops + _normalize_to_tensor(mean, std), seed=seed))
+    return _seeded(A.Compose(ops + _normalize_to_tensor(mean, std)), seed)
 
 
 def imagenet_eval_transform(
@@ -297,7 +299,7 @@ def cifar_train_transform(
         A.HorizontalFlip(p=0.5),
         ToTensorV2(),
     ]
-    return ClsTransform(A.Compose(ops, seed=seed))
+    return _seeded(A.Compose(ops), seed)
 
 
 def cifar_eval_transform(
@@ -328,7 +330,7 @@ def generic_train_transform(
         A.HorizontalFlip(p=0.5),
         A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.8),
     ]
-    return ClsTransform(A.Compose(ops + _normalize_to_tensor(mean, std), seed=seed))
+    return _seeded(A.Compose(ops + _normalize_to_tensor(mean, std)), seed)
 
 
 def generic_eval_transform(
@@ -345,3 +347,8 @@ def generic_eval_transform(
         A.CenterCrop(size, size, pad_if_needed=True),
     ]
     return ClsTransform(A.Compose(ops + _normalize_to_tensor(mean, std)))
+
+
+def _seeded(compose: A.Compose, seed: int | None) -> ClsTransform:
+    seed_compose(compose, seed)
+    return ClsTransform(compose)

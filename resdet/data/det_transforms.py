@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 import torch.utils.data
 
+from resdet.data.random_state import seed_compose
+
 logger = logging.getLogger(__name__)
 
 
@@ -111,7 +113,7 @@ class DetTransform:
         info = torch.utils.data.get_worker_info()
         if info is not None and info.seed != self._worker_seed:
             self._worker_seed = info.seed
-            self.compose.set_random_seed(info.seed % 2**32)
+            seed_compose(self.compose, info.seed % 2**32)
 
     def __call__(
         self,
@@ -188,6 +190,6 @@ def build_det_transforms(
             min_width=0.0,
             min_height=0.0,
         ),
-        seed=seed,
     )
+    seed_compose(compose, seed)
     return DetTransform(compose)

@@ -35,6 +35,7 @@ from resdet.data.catalog import datasets_root
 from resdet.data.cifar import CIFAR10
 from resdet.data.imagefolder import ImageFolderDataset
 from resdet.data.loader import InfiniteSampler
+from resdet.data.random_state import seed_compose
 from resdet.engine.amp import autocast_factory, build_grad_scaler
 from resdet.engine.checkpoint import Checkpointer, load_model_weights
 from resdet.engine.dist import barrier, get_rank, get_world_size, init_distributed, is_main_process
@@ -157,13 +158,8 @@ class _SeededAugment(Dataset):
         index, position = key
         image, label = self.dataset[index]  # uint8[3, H, W]
         image = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
-        seq = np.random.SeedSequence([self.seed, position])
         compose = self.transform.compose
-        # One generator pair shared by every step: albumentations' set_random_seed would give
-        # each step the same seed, so e.g. the flip decision would mirror the crop position.
-        compose.set_random_state(
-            np.random.default_rng(seq), random.Random(int(seq.generate_state(1)[0]))
-        )
+        seed_compose(compose, (self.seed, position))
         return compose(image=image)["image"], label
 
 
