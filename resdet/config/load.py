@@ -136,7 +136,9 @@ def _apply_override(data: Dict[str, Any], dotted: str, raw: str) -> None:
         else:
             if dataclasses.is_dataclass(node):
                 raise ConfigError(f"command line: '{dotted}' is a section; set one of its keys")
-            cursor[part] = yaml.safe_load(raw) if raw != "" else ""
+            # A string key keeps the text as typed ("OUTPUT_DIR 2024" is a folder name, not
+            # an int); everything else is parsed as YAML ("0.05", "[600, 800]", "true").
+            cursor[part] = raw if isinstance(node, str) else yaml.safe_load(raw)
 
 
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:

@@ -143,3 +143,9 @@ def test_save_load_round_trip(tmp_path) -> None:
     again = load_config(path)
     assert again == cfg
     assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_string_key_override_keeps_the_text() -> None:
+    cfg = load_config(None, ["OUTPUT_DIR", "2024", "SOLVER.MAX_ITER", "12"])
+    assert cfg.OUTPUT_DIR == "2024"
+    assert cfg.SOLVER.MAX_ITER == 12

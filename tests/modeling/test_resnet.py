@@ -267,3 +267,9 @@ def test_bad_arguments_raise_helpful_errors() -> None:
             ResNet(depth=18, num_classes=0, out_features=["logits"])
         with pytest.raises(ValueError, match="freeze_at must be in 0..5, got 6"):
             ResNet(depth=18, freeze_at=6)
+
+
+def test_missing_stage_is_a_clear_error() -> None:
+    cifar = ResNet(20, stem="cifar", num_classes=0, out_features=["res4"])
+    with pytest.raises(ValueError, match="no stage 'res5'"):
+        cifar.stage("res5")

@@ -280,6 +280,8 @@ class ResNet(Backbone):
 
     def stage(self, name: str) -> nn.Sequential:
         """The ``nn.Sequential`` of blocks for a stage name (``res2`` -> ``layer1``)."""
+        if name not in self.stage_names:
+            raise ValueError(f"this ResNet has no stage '{name}' (it has {self.stage_names})")
         return getattr(self, f"layer{STAGE_NAMES.index(name) + 1}")
 
     def freeze(self, freeze_at: int) -> None:

@@ -150,6 +150,11 @@ class ROIHeads(nn.Module):
         gt_classes: torch.Tensor,
         reg_targets: torch.Tensor,
     ) -> Dict[str, torch.Tensor]:
+        if gt_classes.numel() == 0:
+            # No RoI sampled in the whole batch (no objects and no proposals): zero losses that
+            # still reach every parameter, rather than the NaN of an empty mean.
+            zero = cls_logits.sum() * 0.0 + deltas.sum() * 0.0
+            return {"loss_cls": zero, "loss_box_reg": zero}
         loss_cls = F.cross_entropy(cls_logits.float(), gt_classes, reduction="mean")
         fg = torch.nonzero(gt_classes < self.num_classes).squeeze(1)
         # Class-specific regression: only the 4 outputs of the ground-truth class are trained.

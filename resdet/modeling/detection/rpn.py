@@ -180,7 +180,8 @@ class RPN(nn.Module):
             matched, labels = self.matcher(box_iou(gt, all_anchors))
             labels = labels.to(torch.int64)
             if len(crowd_boxes):
-                # Anchors inside crowd regions are neither object nor background.
+                # Anchors overlapping a crowd region beyond the background threshold are neither
+                # object nor background (the RoI heads use their foreground IoU the same way).
                 near_crowd = box_iou(crowd_boxes, all_anchors).max(dim=0).values > self.matcher.low
                 labels[near_crowd & (labels != POSITIVE)] = IGNORE
             pos, neg = subsample_labels(

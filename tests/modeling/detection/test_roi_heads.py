@@ -180,3 +180,16 @@ def test_c4_roipool_and_roialign() -> None:
     assert not any(k.startswith("box_head.res5") for k in _c4_heads().state_dict())
     with pytest.raises(ValueError, match="POOLER_TYPE"):
         C4BoxHead("res4", 16, torch.nn.Identity(), 8, pooler_type="ROIMax")
+
+
+def test_no_rois_at_all_gives_zero_not_nan() -> None:
+    heads = _fpn_heads()
+    heads.train()
+    empty = [torch.zeros(0, 4), torch.zeros(0, 4)]
+    no_objects = [
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)} for _ in SIZES
+    ]
+    _, losses = heads(_fpn_features(), empty, SIZES, no_objects)
+    assert all(torch.isfinite(v) and v.item() == 0.0 for v in losses.values())
+    sum(losses.values()).backward()  # still part of the graph
+    assert heads.predictor.cls_score.weight.grad is not None
