@@ -14,14 +14,21 @@ Standard names (layout in ``datasets/README.md``)::
 
 A new dataset is one call: :func:`register_coco_instances` for COCO-format json, or
 :func:`register_dataset` with any function returning ``(records, meta)``.
+
+Bad annotations: ``get_dataset(names, on_error=...)`` (``DATASETS.ON_ERROR`` in configs) is
+handed to every loader that takes an ``on_error`` keyword: ``"raise"`` stops at the first bad
+record, ``"skip"`` drops bad records and lists them in one warning. The standard COCO splits
+always load with ``"skip"``: the official ``instances_train2017.json`` has two zero-height
+boxes (cocodataset/cocoapi#355) that would otherwise make the stock dataset unusable.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
 import logging
 import os
-from typing import Callable, Dict, List, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from resdet.data.coco import load_coco_json
 from resdet.data.records import DatasetError, DatasetMeta, DetectionRecord
@@ -29,7 +36,8 @@ from resdet.data.voc import load_voc
 
 logger = logging.getLogger(__name__)
 
-Loader = Callable[[], Tuple[List[DetectionRecord], DatasetMeta]]
+# ``loader()`` or ``loader(on_error="raise" | "skip")`` -> (records, meta).
+Loader = Callable[..., Tuple[List[DetectionRecord], DatasetMeta]]
 
 _REGISTRY: Dict[str, Loader] = {}
 
@@ -43,6 +51,9 @@ def datasets_root() -> str:
 
 def register_dataset(name: str, loader_fn: Loader, overwrite: bool = False) -> None:
     """Register ``loader_fn() -> (records, meta)`` under ``name``.
+
+    A loader that accepts an ``on_error`` keyword receives :func:`get_dataset`'s ``on_error``
+    (``DATASETS.ON_ERROR``); one that does not is called without it.
 
     Raises:
         ValueError: ``name`` is empty, contains ``"+"`` (reserved for unions), or is already
@@ -58,10 +69,16 @@ def register_dataset(name: str, loader_fn: Loader, overwrite: bool = False) -> N
 def register_coco_instances(
     name: str, json_file: str, image_root: str, on_error: str = "raise", overwrite: bool = False
 ) -> None:
-    """Register a custom COCO-format dataset (json + image directory) under ``name``."""
+    """Register a custom COCO-format dataset (json + image directory) under ``name``.
 
-    def load() -> Tuple[List[DetectionRecord], DatasetMeta]:
-        return load_coco_json(json_file, image_root, name=name, on_error=on_error)
+    ``on_error`` is the default; an explicit ``get_dataset(..., on_error=...)`` overrides it.
+    """
+
+    default_on_error = on_error
+
+    def load(on_error: Optional[str] = None) -> Tuple[List[DetectionRecord], DatasetMeta]:
+        policy = on_error or default_on_error
+        return load_coco_json(json_file, image_root, name=name, on_error=policy)
 
     register_dataset(name, load, overwrite=overwrite)
 
@@ -71,7 +88,17 @@ def list_datasets() -> List[str]:
     return sorted(_REGISTRY)
 
 
-def _load_one(name: str) -> Tuple[List[DetectionRecord], DatasetMeta]:
+def _accepts_on_error(fn: Loader) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins / C callables: call them plainly
+        return False
+    return "on_error" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _load_one(
+    name: str, on_error: Optional[str] = None
+) -> Tuple[List[DetectionRecord], DatasetMeta]:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -79,18 +106,26 @@ def _load_one(name: str) -> Tuple[List[DetectionRecord], DatasetMeta]:
             f"unknown dataset {name!r}{hint} (registered: {len(_REGISTRY)}, "
             "see resdet.data.catalog.list_datasets())"
         )
-    records, meta = _REGISTRY[name]()
+    loader = _REGISTRY[name]
+    if on_error is not None and _accepts_on_error(loader):
+        records, meta = loader(on_error=on_error)
+    else:
+        records, meta = loader()
     if not meta.name:
         meta.name = name
     return records, meta
 
 
-def get_dataset(names: Union[str, List[str]]) -> Tuple[List[DetectionRecord], DatasetMeta]:
+def get_dataset(
+    names: Union[str, List[str]], on_error: Optional[str] = None
+) -> Tuple[List[DetectionRecord], DatasetMeta]:
     """Load one dataset, or the concatenation of several.
 
     Args:
         names: a registered name, a ``"+"``-joined union (``"voc_2007_trainval+voc_2012_trainval"``)
             or a list of names.
+        on_error: ``"raise"`` or ``"skip"`` for bad annotations (``DATASETS.ON_ERROR``), passed
+            to every loader that accepts it; None keeps each loader's own default.
 
     Returns:
         ``(records, meta)``. For a union the records are concatenated in order; the meta is the
@@ -100,13 +135,17 @@ def get_dataset(names: Union[str, List[str]]) -> Tuple[List[DetectionRecord], Da
 
     Raises:
         DatasetError: unknown name (the message lists the closest registered names), missing
-            files, or a union whose parts disagree on class names, category ids or evaluator.
+            files, bad records (with ``on_error="raise"``), or a union whose parts disagree on
+            class names, category ids or evaluator.
+        ValueError: ``on_error`` is neither "raise" nor "skip".
     """
+    if on_error is not None and on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     parts = [names] if isinstance(names, str) else list(names)
     parts = [p.strip() for item in parts for p in item.split("+") if p.strip()]
     if not parts:
         raise DatasetError(f"no dataset name given: {names!r}")
-    loaded = [_load_one(p) for p in parts]
+    loaded = [_load_one(p, on_error) for p in parts]
     if len(loaded) == 1:
         return loaded[0]
     first_name, (_, first_meta) = parts[0], loaded[0]
@@ -136,6 +175,7 @@ def _require(path: str, name: str, what: str) -> None:
 
 
 def _standard_coco(name: str, json_rel: str, image_rel: str) -> Loader:
+    # Takes no on_error: always "skip" (see the module docstring), every dropped item logged.
     def load() -> Tuple[List[DetectionRecord], DatasetMeta]:
         json_file = os.path.join(datasets_root(), "coco", "annotations", json_rel)
         image_root = os.path.join(datasets_root(), "coco", image_rel)
@@ -149,11 +189,11 @@ def _standard_coco(name: str, json_rel: str, image_rel: str) -> Loader:
 
 
 def _standard_voc(name: str, year: str, split: str) -> Loader:
-    def load() -> Tuple[List[DetectionRecord], DatasetMeta]:
+    def load(on_error: str = "raise") -> Tuple[List[DetectionRecord], DatasetMeta]:
         root = os.path.join(datasets_root(), "VOCdevkit", f"VOC{year}")
         _require(root, name, "VOC directory")
         _require(os.path.join(root, "ImageSets", "Main", f"{split}.txt"), name, "split file")
-        return load_voc(root, year, split, name=name)
+        return load_voc(root, year, split, name=name, on_error=on_error)
 
     return load
 
@@ -185,7 +225,7 @@ def _shapes(name: str, split: str, voc: bool) -> Loader:
     """The embedded synthetic dataset under ``<root>/shapes`` (``resdet.data.shapes``), as COCO
     json (COCO evaluator) or as VOC xml (VOC evaluator)."""
 
-    def load() -> Tuple[List[DetectionRecord], DatasetMeta]:
+    def load(on_error: str = "raise") -> Tuple[List[DetectionRecord], DatasetMeta]:
         from resdet.data.shapes import SHAPES_CLASSES, shapes_paths
 
         root = os.path.join(datasets_root(), "shapes")
@@ -194,11 +234,16 @@ def _shapes(name: str, split: str, voc: bool) -> Loader:
             split_file = os.path.join(paths["voc_root"], "ImageSets", "Main", f"{split}.txt")
             _require(split_file, name, "split file (generate it with resdet.data.shapes)")
             return load_voc(
-                paths["voc_root"], "shapes", split, name=name, class_names=SHAPES_CLASSES
+                paths["voc_root"],
+                "shapes",
+                split,
+                name=name,
+                on_error=on_error,
+                class_names=SHAPES_CLASSES,
             )
         json_file = paths[f"{split}_json"]
         _require(json_file, name, "annotation file (generate it with resdet.data.shapes)")
-        return load_coco_json(json_file, paths[f"{split}_images"], name=name)
+        return load_coco_json(json_file, paths[f"{split}_images"], name=name, on_error=on_error)
 
     return load
 

@@ -20,7 +20,7 @@ import io
 import json
 import logging
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -30,6 +30,33 @@ from resdet.data.records import DatasetError, DatasetMeta, DetectionRecord
 logger = logging.getLogger(__name__)
 
 _ON_ERROR = ("raise", "skip")
+
+# Lists opened by collect_problems(); every item skipped in "skip" mode is appended to each.
+_COLLECTORS: List[List[Tuple[str, str]]] = []
+
+
+@contextlib.contextmanager
+def collect_problems() -> Iterator[List[Tuple[str, str]]]:
+    """Collect ``(source file, "where: problem")`` for every item a loader skips in "skip" mode.
+
+    Used by ``resdet.data.check`` to report every annotation problem of a dataset (the loaders
+    themselves only log them)::
+
+        with collect_problems() as found:
+            load_coco_json(json_file, image_root, on_error="skip")
+    """
+    found: List[Tuple[str, str]] = []
+    _COLLECTORS.append(found)
+    try:
+        yield found
+    finally:
+        _COLLECTORS.remove(found)
+
+
+def note_problem(source: str, message: str) -> None:
+    """Hand a skipped item to the active :func:`collect_problems` blocks (if any)."""
+    for found in _COLLECTORS:
+        found.append((source, message))
 
 
 class ProblemLog:
@@ -51,6 +78,7 @@ class ProblemLog:
         if self.on_error == "raise":
             raise DatasetError(message)
         self.skipped.append(f"{where}: {problem}")
+        note_problem(self.source, f"{where}: {problem}")
 
     def log(self, what: str) -> None:
         if self.skipped:

@@ -1,9 +1,17 @@
-"""Records → training/evaluation samples (a map-style torch Dataset)."""
+"""Records → training/evaluation samples (a map-style torch Dataset).
+
+Unreadable images at run time (a file deleted, truncated or corrupted after the annotations
+were checked) follow ``on_error``: ``"raise"`` stops with a :class:`DatasetError` naming the
+file and the record; ``"skip"`` (training) logs the file and serves the next readable record
+in its place; ``"blank"`` (evaluation) logs the file and serves a grey image of the annotated
+size, so every image id still gets an answer and its objects count as missed.
+``tools/check_dataset.py`` finds all such files up front.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -14,6 +22,31 @@ from resdet.data.image_io import read_image
 from resdet.data.records import DatasetError, DetectionRecord
 
 logger = logging.getLogger(__name__)
+
+ON_ERROR_MODES = ("raise", "skip", "blank")
+
+
+def load_record_image(rec: DetectionRecord) -> np.ndarray:
+    """Decode ``rec.file_name`` (:func:`read_image`) and check it has the annotated size.
+
+    Returns ``uint8[H, W, 3]`` RGB. Raises :class:`DatasetError` naming the file when it is
+    missing, undecodable or of another size (with a hint when the sizes are transposed: an EXIF
+    orientation tag the annotation tool ignored).
+    """
+    image = read_image(rec.file_name)
+    h, w = image.shape[:2]
+    if (h, w) != (rec.height, rec.width):
+        hint = "the annotation belongs to another image or the file was resized"
+        if (h, w) == (rec.width, rec.height):
+            hint = (
+                "height and width are swapped: the file probably has an EXIF orientation tag "
+                "(applied when decoding) that the annotation tool ignored"
+            )
+        raise DatasetError(
+            f"{rec.file_name}: decoded size {h}x{w} (HxW) differs from the annotated "
+            f"{rec.height}x{rec.width} (image id {rec.image_id}); {hint}"
+        )
+    return image
 
 
 class DetectionDataset(Dataset):
@@ -27,6 +60,16 @@ class DetectionDataset(Dataset):
             flags stay aligned; any other callable must keep every box in order.
         drop_difficult: remove VOC ``difficult`` objects from the targets (training); keep them
             for evaluation views (the evaluator reads them from the records anyway).
+        on_error: what an unreadable image does: ``"raise"``, ``"skip"`` (substitute the next
+            readable record; training) or ``"blank"`` (grey placeholder; evaluation). See the
+            module docstring. ``num_unreadable`` counts the images met in this process.
+        seed: base seed of position-keyed augmentation (below).
+
+    Keys: an index, or ``(index, position)`` where ``position`` is the sample's place in the
+    training stream (:func:`~resdet.data.loader.build_detection_loader` passes these for
+    infinite training loaders): the transform is then seeded with ``(seed, position)``, so a
+    sample's augmentation depends neither on the worker that loads it nor on where a run was
+    resumed.
 
     Each item is a dict:
         ``image``: ``uint8[3, H, W]`` RGB, not normalized (the model owns normalization);
@@ -37,15 +80,25 @@ class DetectionDataset(Dataset):
         original pixels with the ratio of the two.
     """
 
+    supports_position_keys = True
+
     def __init__(
         self,
         records: Sequence[DetectionRecord],
         transform: Callable[..., Any] | None = None,
         drop_difficult: bool = True,
+        on_error: str = "raise",
+        seed: int = 0,
     ) -> None:
+        if on_error not in ON_ERROR_MODES:
+            raise ValueError(f"on_error must be one of {ON_ERROR_MODES}, got {on_error!r}")
         self.records: List[DetectionRecord] = list(records)
         self.transform = transform
         self.drop_difficult = drop_difficult
+        self.on_error = on_error
+        self.seed = int(seed)
+        self.num_unreadable = 0
+        self._unreadable: Set[int] = set()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -54,21 +107,53 @@ class DetectionDataset(Dataset):
         """``width / height`` of every record (from the records, no decoding), for grouping."""
         return [r.width / r.height for r in self.records]
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
-        rec = self.records[index]
-        image = read_image(rec.file_name)
-        if image.shape[:2] != (rec.height, rec.width):
-            raise DatasetError(
-                f"{rec.file_name}: decoded size {image.shape[0]}x{image.shape[1]} (HxW) differs "
-                f"from the annotated {rec.height}x{rec.width} (image id {rec.image_id}); "
-                "the annotation belongs to another image or the file was resized"
-            )
+    def _load(self, index: int) -> Tuple[np.ndarray, DetectionRecord]:
+        """Decode record ``index`` (or, in "skip" mode, the next readable one)."""
+        first = index
+        while True:
+            rec = self.records[index]
+            try:
+                return load_record_image(rec), rec
+            except DatasetError as e:
+                if self.on_error == "raise":
+                    raise DatasetError(
+                        f"{e} [record {index}, image id {rec.image_id}; DATASETS.ON_ERROR skip "
+                        "skips such images, tools/check_dataset.py lists all of them]"
+                    ) from e
+                self._note_unreadable(index, e)
+                if self.on_error == "blank":
+                    return np.full((rec.height, rec.width, 3), 128, np.uint8), rec
+            index = (index + 1) % len(self.records)
+            if index == first:
+                raise DatasetError(f"none of the {len(self.records)} images could be read")
+
+    def _note_unreadable(self, index: int, error: DatasetError) -> None:
+        self.num_unreadable += 1
+        if index in self._unreadable:
+            return  # listed once per process; the count keeps growing
+        self._unreadable.add(index)
+        action = "serving the next readable image" if self.on_error == "skip" else "grey image"
+        logger.warning(
+            "unreadable image skipped (DATASETS.ON_ERROR %s, %s): %s [record %d]; "
+            "%d unreadable images met so far in this process",
+            self.on_error,
+            action,
+            error,
+            index,
+            len(self._unreadable),
+        )
+
+    def __getitem__(self, key: Union[int, Tuple[int, int]]) -> Dict[str, Any]:
+        index, position = key if isinstance(key, tuple) else (key, None)
+        image, rec = self._load(index)
         keep = np.ones(len(rec.boxes), bool)
         if self.drop_difficult:
             keep &= ~rec.difficult
         boxes, labels, crowd = rec.boxes[keep], rec.labels[keep], rec.iscrowd[keep]
 
         if self.transform is not None:
+            if position is not None and isinstance(self.transform, DetTransform):
+                self.transform.reseed((self.seed, int(position)))
             if isinstance(self.transform, DetTransform):
                 image, boxes, labels, idx = self.transform(image, boxes, labels, return_index=True)
                 crowd = crowd[idx]

@@ -103,11 +103,20 @@ class DetTransform:
     In a DataLoader worker every worker would otherwise start from the same forked state and
     repeat the same augmentations, so the pipeline reseeds itself from the worker's torch seed
     (distinct per worker and epoch, and reproducible when the loader's generator is seeded).
+    :meth:`reseed` instead seeds one sample by its place in the training stream, which makes
+    augmentation independent of the worker count and of where a run was resumed.
     """
 
     def __init__(self, compose: A.Compose) -> None:
         self.compose = compose
         self._worker_seed: int | None = None
+
+    def reseed(self, seed: Union[int, Sequence[int]]) -> None:
+        """Seed the next call, e.g. with ``(base_seed, stream_position)``; in a DataLoader
+        worker this replaces the per-worker seeding."""
+        info = torch.utils.data.get_worker_info()
+        self._worker_seed = info.seed if info is not None else None
+        seed_compose(self.compose, seed)
 
     def _maybe_reseed_for_worker(self) -> None:
         info = torch.utils.data.get_worker_info()

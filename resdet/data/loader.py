@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import defaultdict
-from typing import Any, Dict, Iterator, List, Sequence
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import cv2
 import torch
@@ -152,6 +152,38 @@ class _SkipBatches(Sampler[List[int]]):
         return max(0, len(self.batch_sampler) - self.skip)  # type: ignore[arg-type]
 
 
+class _PositionedBatches(Sampler[List[Tuple[int, int]]]):
+    """Tag each index with its place in the global training stream: ``(index, position)``.
+
+    ``position = (batch_number * batch_size + slot) * world_size + rank``, with batch numbers
+    counted from the start of training (skipped batches included). Without aspect grouping
+    that is the index's position in :class:`InfiniteSampler`'s global stream, so one process
+    with ``batch_size * world_size`` images per batch gives every image the same position,
+    hence the same augmentation, as ``world_size`` processes do.
+    """
+
+    def __init__(
+        self,
+        batch_sampler: Sampler[List[int]],
+        first_batch: int,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+    ) -> None:
+        self.batch_sampler = batch_sampler
+        self.first_batch = first_batch
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        for b, batch in enumerate(self.batch_sampler, start=self.first_batch):
+            yield [
+                (idx, (b * self.batch_size + j) * self.world_size + self.rank)
+                for j, idx in enumerate(batch)
+            ]
+
+
 def collate_detection(batch: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Keep the batch a list of per-image dicts: sizes differ, the model pads."""
     return list(batch)
@@ -193,6 +225,12 @@ def build_detection_loader(
         start_iter: with ``infinite``, the number of batches already consumed: they are
             skipped so a resumed run sees exactly the batches it would have seen.
 
+    With ``infinite`` and a dataset that has ``supports_position_keys`` (a
+    :class:`~resdet.data.det_dataset.DetectionDataset`), items are requested as
+    ``(index, stream position)`` and augmented with a seed derived from the position: the
+    same images get the same augmentation for any number of workers, after a resume, and in a
+    single process fed the global batch of a multi-process run.
+
     Returns:
         a ``torch.utils.data.DataLoader``.
     """
@@ -224,6 +262,8 @@ def build_detection_loader(
         if not infinite:
             raise ValueError("start_iter skipping is only defined for infinite=True")
         batch_sampler = _SkipBatches(batch_sampler, start_iter)
+    if infinite and getattr(dataset, "supports_position_keys", False):
+        batch_sampler = _PositionedBatches(batch_sampler, start_iter, batch_size, rank, world)
 
     return DataLoader(
         dataset,

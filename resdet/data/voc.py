@@ -18,7 +18,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from resdet.data.coco import ProblemLog
+from resdet.data.coco import ProblemLog, note_problem
 from resdet.data.records import DatasetError, DatasetMeta, DetectionRecord
 
 logger = logging.getLogger(__name__)
@@ -190,6 +190,7 @@ def load_voc(
             if on_error == "raise":
                 raise
             skipped_images.append(str(e))
+            note_problem(xml_file, str(e).removeprefix(f"{xml_file}: "))
             continue
         problems.log("objects")
         records.append(record)
