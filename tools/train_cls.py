@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.opts)
         results = run(cfg, resume=args.resume, eval_only=args.eval_only, weights=args.weights)
-    except (ConfigError, DatasetError, FileNotFoundError) as e:
+    except (ConfigError, DatasetError, FileNotFoundError, FloatingPointError) as e:
+        # FloatingPointError: a NaN/inf loss; the message names the iteration and the terms.
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -26,6 +26,7 @@ except ImportError:  # run from a checkout without installing: put the repo root
 from resdet.config import ConfigError, load_config
 from resdet.data.records import DatasetError
 from resdet.engine.detection import run
+from resdet.engine.dist import destroy_distributed, is_main_process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,10 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.opts)
         results = run(cfg, resume=args.resume, eval_only=args.eval_only, weights=args.weights)
-    except (ConfigError, DatasetError, FileNotFoundError) as e:
+    except (ConfigError, DatasetError, FileNotFoundError, FloatingPointError) as e:
+        # FloatingPointError: a NaN/inf loss; the message names the iteration and the terms.
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if results:
+    finally:
+        main_process = is_main_process()
+        destroy_distributed()
+    if results and main_process:
         print(json.dumps(results))
     return 0
 

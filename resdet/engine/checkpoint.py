@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.module import _IncompatibleKeys
 
-from resdet.config.load import config_to_dict
+from resdet.config.load import ConfigError, config_to_dict
 from resdet.config.schema import Config
 from resdet.engine.dist import all_gather_object, get_rank, get_world_size, is_main_process
 
@@ -44,6 +44,7 @@ __all__ = [
     "get_rng_state",
     "load_checkpoint",
     "load_model_weights",
+    "require_checkpoint_file",
     "save_checkpoint",
     "set_rng_state",
     "unwrap_model",
@@ -51,6 +52,8 @@ __all__ = [
 
 LAST_CHECKPOINT = "last_checkpoint"
 _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
+# Temp files of atomic_write ("." + final name + random part + ".tmp"), left by a killed run.
+_STALE_TMP = re.compile(r"^\..+\.tmp$")
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
@@ -102,6 +105,21 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     if not isinstance(ckpt, dict):
         raise RuntimeError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     return ckpt
+
+
+def require_checkpoint_file(path: str, key: str) -> None:
+    """Fail fast (before any data is loaded) when a configured checkpoint path does not exist.
+
+    Args:
+        path: the configured path; "" means unset and passes.
+        key: the option's name for the message, e.g. ``"MODEL.WEIGHTS"`` or ``"--weights"``.
+
+    Raises:
+        ConfigError: naming the option and the path.
+    """
+    if path and not os.path.isfile(path):
+        where = "" if os.path.isabs(path) else f" (relative to {os.getcwd()})"
+        raise ConfigError(f"{key}: checkpoint file not found: {path}{where}")
 
 
 def get_rng_state() -> Dict[str, Any]:
@@ -313,6 +331,12 @@ class Checkpointer:
         return path
 
     def _prune(self) -> None:
+        # A run killed while writing leaves its temp file behind (the checkpoint it was
+        # replacing is intact); rank 0 is the only writer, so none is in progress now.
+        for f in os.listdir(self.output_dir):
+            if _STALE_TMP.match(f):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.output_dir, f))
         if self.max_to_keep <= 0:
             return
         periodic = sorted(

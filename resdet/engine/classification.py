@@ -37,8 +37,15 @@ from resdet.data.imagefolder import ImageFolderDataset
 from resdet.data.loader import InfiniteSampler
 from resdet.data.random_state import seed_compose
 from resdet.engine.amp import autocast_factory, build_grad_scaler
-from resdet.engine.checkpoint import Checkpointer, load_model_weights
-from resdet.engine.dist import barrier, get_rank, get_world_size, init_distributed, is_main_process
+from resdet.engine.checkpoint import Checkpointer, load_model_weights, require_checkpoint_file
+from resdet.engine.dist import (
+    barrier,
+    check_sync_bn,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_main_process,
+)
 from resdet.engine.hooks import (
     CheckpointHook,
     EvalHook,
@@ -285,8 +292,11 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.DETERMINISTIC
     _seed_everything(cfg.SEED)
+    require_checkpoint_file(weights, "--weights")
+    require_checkpoint_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
 
     model = build_classifier(cfg).to(device)
+    check_sync_bn(model, device, world)
     if cfg.MODEL.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
     train_set, test_set, class_names = build_cls_datasets(cfg)

@@ -27,9 +27,16 @@ from resdet.data.det_transforms import build_det_transforms
 from resdet.data.loader import build_detection_loader
 from resdet.data.records import DatasetMeta, DetectionRecord
 from resdet.engine.amp import autocast_factory, build_grad_scaler
-from resdet.engine.checkpoint import Checkpointer, load_model_weights
+from resdet.engine.checkpoint import Checkpointer, load_model_weights, require_checkpoint_file
 from resdet.engine.classification import resolve_device
-from resdet.engine.dist import barrier, get_world_size, init_distributed, is_main_process
+from resdet.engine.dist import (
+    all_gather_object,
+    barrier,
+    check_sync_bn,
+    get_world_size,
+    init_distributed,
+    is_main_process,
+)
 from resdet.engine.hooks import (
     CheckpointHook,
     EvalHook,
@@ -54,10 +61,15 @@ EVALUATORS = {"coco": COCOEvaluator, "voc": VOCEvaluator}
 def load_detection_data(
     names: List[str], cfg: Config, train: bool
 ) -> Tuple[List[DetectionRecord], DatasetMeta]:
-    """Records and meta of the named datasets (a ``+`` union when several are listed)."""
+    """Records and meta of the named datasets (a ``+`` union when several are listed).
+
+    Bad annotations follow ``DATASETS.ON_ERROR`` ("raise" or "skip", logged).
+    """
     if not names:
         raise ConfigError(f"DATASETS.{'TRAIN' if train else 'TEST'} is empty: name a dataset")
-    records, meta = get_dataset(names if len(names) > 1 else names[0])
+    records, meta = get_dataset(
+        names if len(names) > 1 else names[0], on_error=cfg.DATASETS.ON_ERROR
+    )
     if train and cfg.DATASETS.FILTER_EMPTY:
         records = filter_empty(records)
     if not records:
@@ -76,7 +88,10 @@ def build_test_loader(cfg: Config, records: List[DetectionRecord]) -> DataLoader
     transform = build_det_transforms(
         cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, 0.0, is_train=False
     )
-    dataset = DetectionDataset(records, transform, drop_difficult=False)
+    # With ON_ERROR skip an unreadable test image becomes a grey one (logged): every image id
+    # still gets an answer, so the evaluation counts its objects as missed instead of failing.
+    on_error = "blank" if cfg.DATASETS.ON_ERROR == "skip" else "raise"
+    dataset = DetectionDataset(records, transform, drop_difficult=False, on_error=on_error)
     return build_detection_loader(
         dataset,
         cfg.TEST.IMS_PER_BATCH,
@@ -127,7 +142,9 @@ def evaluate_detector(
     """Run every test set through the model and every evaluator it asks for.
 
     Returns flat float metrics, ``"<evaluator>/<metric>"`` (prefixed with the dataset name
-    when there are several test sets); per-class tables are written into ``output_dir``.
+    when there are several test sets), the same on every rank (the evaluators gather the
+    detections to rank 0, which computes them); per-class tables are written into
+    ``output_dir`` by rank 0.
     """
     results: Dict[str, float] = {}
     for name, records, meta in test_sets:
@@ -146,7 +163,8 @@ def evaluate_detector(
             results.update(
                 {prefix + k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
             )
-    return results
+    # Only rank 0 computed the metrics; every rank needs them (plateau LR rule, return value).
+    return all_gather_object(results)[0]
 
 
 def _seed_everything(seed: int) -> None:
@@ -179,16 +197,35 @@ def run(
     if is_main_process():
         save_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
     setup_logging(cfg.OUTPUT_DIR, rank)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return _run(cfg, resume, eval_only, weights)
     finally:
+        torch.use_deterministic_algorithms(was_deterministic)
         close_logging()
+
+
+def _check_inputs(cfg: Config, weights: str, resuming: bool, eval_only: bool) -> None:
+    """Fail on a mistyped path or option before any data is loaded."""
+    if cfg.DATASETS.ON_ERROR not in ("raise", "skip"):
+        raise ConfigError(
+            f"DATASETS.ON_ERROR must be 'raise' or 'skip', got {cfg.DATASETS.ON_ERROR!r}"
+        )
+    require_checkpoint_file(weights, "--weights")
+    if resuming:
+        return  # the initial weights are not read when resuming
+    require_checkpoint_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
+    if not (weights or cfg.MODEL.WEIGHTS or eval_only):
+        require_checkpoint_file(cfg.MODEL.BACKBONE.PRETRAINED, "MODEL.BACKBONE.PRETRAINED")
 
 
 def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, float]:
     out = cfg.OUTPUT_DIR
     device = resolve_device(cfg.MODEL.DEVICE)
     logger.info("detection run in %s on %s (world size %d)", out, device, get_world_size())
+    checkpointer = Checkpointer(out, cfg.SOLVER.MAX_TO_KEEP, cfg)
+    resuming = resume and not eval_only and checkpointer.last_checkpoint() is not None
+    _check_inputs(cfg, weights, resuming, eval_only)
     if cfg.DETERMINISTIC:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -196,13 +233,13 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
     _seed_everything(cfg.SEED)
 
     model = build_detector(cfg).to(device)
+    check_sync_bn(model, device, get_world_size())
     test_sets = []
     for name in cfg.DATASETS.TEST:
         records, meta = load_detection_data([name], cfg, train=False)
         test_sets.append((name, records, meta))
     amp = cfg.SOLVER.AMP
     amp_ctx = autocast_factory(device.type, amp.ENABLED, amp.DTYPE)
-    checkpointer = Checkpointer(out, cfg.SOLVER.MAX_TO_KEEP, cfg)
 
     def evaluate() -> Dict[str, float]:
         return evaluate_detector(model, cfg, test_sets, amp_ctx, out)
@@ -252,8 +289,11 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
     train_tf = build_det_transforms(
         cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.FLIP_PROB, is_train=True
     )
+    train_set = DetectionDataset(
+        train_records, train_tf, on_error=cfg.DATASETS.ON_ERROR, seed=cfg.SEED
+    )
     loader = build_detection_loader(
-        DetectionDataset(train_records, train_tf),
+        train_set,
         cfg.SOLVER.IMS_PER_BATCH // world,
         cfg.DATALOADER.NUM_WORKERS,
         shuffle=True,

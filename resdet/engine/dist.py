@@ -15,6 +15,9 @@ from typing import Any, Dict, List, Mapping, Tuple, Union
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
+
+from resdet.config.load import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +25,7 @@ __all__ = [
     "all_gather_object",
     "all_reduce_dict",
     "barrier",
+    "check_sync_bn",
     "destroy_distributed",
     "get_local_rank",
     "get_rank",
@@ -97,6 +101,23 @@ def destroy_distributed() -> None:
     """Leave the process group (call once at the end of a torchrun script); no-op otherwise."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def check_sync_bn(model: nn.Module, device: torch.device, world_size: int) -> None:
+    """Refuse SyncBN where torch cannot run it: several processes on CPU.
+
+    ``nn.SyncBatchNorm`` only synchronises CUDA (and a few accelerator) tensors; on CPU with
+    gloo its forward raises deep inside the first step. A single process is plain BN and fine.
+
+    Raises:
+        ConfigError: naming ``MODEL.BACKBONE.NORM`` and the alternatives.
+    """
+    uses_sync = any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    if uses_sync and world_size > 1 and device.type == "cpu":
+        raise ConfigError(
+            f"MODEL.BACKBONE.NORM SyncBN needs GPUs (torch's SyncBatchNorm does not run on CPU); "
+            f"with {world_size} CPU processes use BN (per-process statistics) or FrozenBN"
+        )
 
 
 def _collective_device() -> torch.device:
