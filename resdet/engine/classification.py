@@ -36,6 +36,7 @@ from resdet.data.cifar import CIFAR10
 from resdet.data.imagefolder import ImageFolderDataset
 from resdet.data.loader import InfiniteSampler
 from resdet.data.random_state import seed_compose
+from resdet.data.records import DatasetError
 from resdet.engine.amp import autocast_factory, build_grad_scaler
 from resdet.engine.checkpoint import Checkpointer, load_model_weights, require_checkpoint_file
 from resdet.engine.dist import (
@@ -156,14 +157,43 @@ class _PositionedSampler(Sampler):
 
 
 class _SeededAugment(Dataset):
-    """Applies ``transform`` to ``dataset[index]`` with an RNG seeded by (seed, position)."""
+    """Applies ``transform`` to ``dataset[index]`` with an RNG seeded by (seed, position).
 
-    def __init__(self, dataset: Dataset, transform: Any, seed: int) -> None:
+    ``on_error="skip"`` (``DATASETS.ON_ERROR``): an unreadable image is logged (once per file
+    and process, with a running count) and the next readable index is used in its place.
+    """
+
+    def __init__(self, dataset: Dataset, transform: Any, seed: int, on_error: str = "raise"):
         self.dataset, self.transform, self.seed = dataset, transform, seed
+        self.on_error = on_error
+        self._unreadable: set = set()
+
+    def _read(self, index: int) -> Tuple[torch.Tensor, int]:
+        n = len(self.dataset)  # type: ignore[arg-type]
+        for _ in range(n):
+            try:
+                return self.dataset[index]
+            except DatasetError as e:
+                if self.on_error != "skip":
+                    raise DatasetError(
+                        f"{e} [index {index}; DATASETS.ON_ERROR skip skips such images, "
+                        "tools/check_dataset.py lists all of them]"
+                    ) from e
+                if index not in self._unreadable:
+                    self._unreadable.add(index)
+                    logger.warning(
+                        "unreadable image skipped (DATASETS.ON_ERROR skip): %s [index %d]; "
+                        "%d unreadable images met so far in this process",
+                        e,
+                        index,
+                        len(self._unreadable),
+                    )
+                index = (index + 1) % n
+        raise DatasetError(f"none of the {n} training images could be read")
 
     def __getitem__(self, key: Tuple[int, int]) -> Tuple[torch.Tensor, int]:
         index, position = key
-        image, label = self.dataset[index]  # uint8[3, H, W]
+        image, label = self._read(index)  # uint8[3, H, W]
         image = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
         compose = self.transform.compose
         seed_compose(compose, (self.seed, position))
@@ -191,7 +221,7 @@ def _train_loader(cfg: Config, dataset: Dataset, transform: Any, start_iter: int
     )
     batches = BatchSampler(_PositionedSampler(sampler), per_rank, drop_last=True)
     return DataLoader(
-        _SeededAugment(dataset, transform, cfg.SEED),
+        _SeededAugment(dataset, transform, cfg.SEED, cfg.DATASETS.ON_ERROR),
         batch_sampler=batches,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         pin_memory=torch.cuda.is_available(),
@@ -294,6 +324,10 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
     _seed_everything(cfg.SEED)
     require_checkpoint_file(weights, "--weights")
     require_checkpoint_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
+    if cfg.DATASETS.ON_ERROR not in ("raise", "skip"):
+        raise ConfigError(
+            f"DATASETS.ON_ERROR must be 'raise' or 'skip', got {cfg.DATASETS.ON_ERROR!r}"
+        )
 
     model = build_classifier(cfg).to(device)
     check_sync_bn(model, device, world)

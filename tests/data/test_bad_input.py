@@ -221,6 +221,26 @@ def test_size_mismatch_with_swapped_sides_hints_at_exif(tmp_path: Path) -> None:
         DetectionDataset([rec])[0]
 
 
+def test_classification_training_skips_unreadable_images_when_asked(tmp_path: Path, caplog):
+    from resdet.data.cls_transforms import cifar_train_transform
+    from resdet.data.imagefolder import ImageFolderDataset
+    from resdet.engine.classification import _SeededAugment
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        _png(tmp_path / c / "1.png", 32, 32)
+    (tmp_path / "a" / "2.png").write_bytes(b"junk")  # index 1 in the listing
+    folder = ImageFolderDataset(str(tmp_path))
+    tf = cifar_train_transform((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    with pytest.raises(DatasetError, match=r"2\.png: cannot decode.*index 1; DATASETS.ON_ERROR"):
+        _SeededAugment(folder, tf, 0)[(1, 0)]
+    skipping = _SeededAugment(folder, tf, 0, on_error="skip")
+    with caplog.at_level(logging.WARNING, logger="resdet"):
+        image, label = skipping[(1, 0)]
+    assert label == 1 and tuple(image.shape) == (3, 32, 32)  # index 2, class "b"
+    assert "unreadable image skipped" in caplog.text and "2.png" in caplog.text
+
+
 # -------------------------------------------------------------- position-seeded augmentation
 
 
