@@ -1,0 +1,251 @@
+"""Detections for one image in three lines::
+
+    from resdet import Predictor
+    predictor = Predictor("configs/shapes_r18_fpn.yaml", "output/demo/det/model_final.pth")
+    dets = predictor("photo.jpg")   # or an RGB uint8 array [H, W, 3] / [H, W] / [H, W, 4]
+    dets.boxes, dets.scores, dets.labels, dets.names()
+
+The Predictor builds the detector the config describes, loads the weights, resizes each image
+with the config's test transform (shorter side ``INPUT.MIN_SIZE_TEST``, longer side at most
+``INPUT.MAX_SIZE_TEST``) and returns detections in the **original** image's pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from resdet.config.load import config_from_dict, load_config, save_config
+from resdet.config.schema import Config
+from resdet.data.det_transforms import build_det_transforms
+from resdet.data.image_io import read_image
+from resdet.data.records import DatasetError
+from resdet.engine.checkpoint import load_checkpoint, load_model_weights
+from resdet.engine.classification import resolve_device
+from resdet.modeling.detection.build import build_detector
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Detections", "Predictor", "resolve_class_names", "to_rgb_uint8"]
+
+
+@dataclass
+class Detections:
+    """What the detector found in one image.
+
+    Attributes:
+        boxes: ``float32[D, 4]`` absolute xyxy pixels of the original image.
+        scores: ``float32[D]``, sorted high to low.
+        labels: ``int64[D]`` contiguous class indices ``0..K-1``.
+        class_names: the ``K`` class names (index = label).
+        image_size: ``(height, width)`` of the original image.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    class_names: List[str]
+    image_size: Tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def names(self) -> List[str]:
+        """The class name of each detection."""
+        return [self.class_names[int(i)] for i in self.labels]
+
+    def to_coco(
+        self, image_id: int, category_ids: Optional[Sequence[int]] = None
+    ) -> List[Dict[str, Any]]:
+        """COCO results entries: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``
+        plus ``"category_name"``. ``category_ids[label]`` maps labels to dataset ids (default
+        ``label + 1``)."""
+        out = []
+        for box, score, label in zip(self.boxes, self.scores, self.labels):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            lab = int(label)
+            out.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(category_ids[lab]) if category_ids else lab + 1,
+                    "category_name": self.class_names[lab],
+                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                    "score": round(float(score), 5),
+                }
+            )
+        return out
+
+
+def to_rgb_uint8(image: Any, source: str = "image") -> np.ndarray:
+    """Any image to ``uint8[H, W, 3]`` RGB.
+
+    Accepts a file path (decoded by :func:`resdet.data.image_io.read_image`: any mode, EXIF
+    rotation applied), a PIL image, or an array ``[H, W]`` (grey), ``[H, W, 1]``, ``[H, W, 3]``
+    (RGB) or ``[H, W, 4]`` (RGBA: alpha dropped). Non-uint8 arrays are taken to be 0-255.
+
+    Raises:
+        DatasetError: unreadable file, or an array of another shape (names ``source``).
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(os.fspath(image))
+    if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL.Image, without importing PIL
+        image = np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.nan_to_num(arr.astype(np.float32)), 0, 255).round().astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
+        raise DatasetError(
+            f"{source}: expected an image [H, W], [H, W, 3] or [H, W, 4], got shape {arr.shape}"
+        )
+    return np.ascontiguousarray(arr)
+
+
+def _known_names(dataset: str) -> Optional[List[str]]:
+    """Class names of the catalog's built-in datasets that need no files on disk."""
+    if dataset.startswith("voc_"):
+        from resdet.data.voc import VOC_CLASSES
+
+        return list(VOC_CLASSES)
+    if dataset.startswith("shapes_"):
+        from resdet.data.shapes import SHAPES_CLASSES
+
+        return list(SHAPES_CLASSES)
+    return None
+
+
+def resolve_class_names(
+    cfg: Config, extra: Optional[Dict[str, Any]] = None
+) -> Tuple[List[str], Optional[List[int]]]:
+    """Class names (and dataset category ids, if known) for a detector's labels ``0..K-1``.
+
+    Looked up in order: the checkpoint's ``extra["class_names"]`` (written by the training
+    hooks), the names of ``DATASETS.TEST`` / ``DATASETS.TRAIN`` (built-in VOC and shapes names
+    directly, other catalog datasets by loading them), else ``"class_<i>"`` with a warning.
+    A list whose length differs from ``MODEL.ROI_HEADS.NUM_CLASSES`` is skipped with a warning.
+    """
+    k = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    extra = extra or {}
+    names = extra.get("class_names")
+    if names is not None:
+        if len(names) == k:
+            ids = extra.get("category_ids")
+            return [str(n) for n in names], list(ids) if ids and len(ids) == k else None
+        logger.warning("checkpoint has %d class names but the model %d classes", len(names), k)
+    for dataset in [*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN]:
+        first = dataset.split("+")[0]
+        names, ids = _known_names(first), None
+        if names is None:
+            try:
+                from resdet.data.catalog import get_dataset
+
+                _, meta = get_dataset(first)
+                names, ids = list(meta.class_names), list(meta.category_ids or [])
+            except (DatasetError, OSError, ValueError) as e:
+                logger.info("no class names from dataset %s: %s", first, e)
+                continue
+        if len(names) == k:
+            return names, ids or None
+        logger.warning("dataset %s has %d classes, the model %d", first, len(names), k)
+    logger.warning("no class names in the checkpoint or the config's datasets: using class_<i>")
+    return [f"class_{i}" for i in range(k)], None
+
+
+def _with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+    """``cfg`` with ``KEY VALUE`` overrides applied (through a YAML round trip, so they are
+    parsed and checked exactly as on the command line)."""
+    if not overrides:
+        return cfg
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "config.yaml")
+        save_config(cfg, path)
+        return load_config(path, overrides)
+
+
+class Predictor:
+    """A detector ready to run on single images.
+
+    Args:
+        config: a :class:`Config`, a YAML path, or None to use the config stored in the
+            checkpoint (every resdet checkpoint has one).
+        weights: a resdet detector checkpoint (``.pth``).
+        device: "auto" (CUDA when available), "cpu" or "cuda".
+        score_thresh: keep detections scoring above this (default ``SCORE_THRESH_TEST``).
+        overrides: ``KEY VALUE`` config overrides applied after loading ``config``.
+
+    Raises:
+        FileNotFoundError / RuntimeError: unreadable checkpoint.
+        ValueError: the config describes no detector, a tensor's shape differs from the model's
+            (names the key and both shapes), or the checkpoint lacks some of the model's
+            tensors (e.g. a classification checkpoint).
+    """
+
+    def __init__(
+        self,
+        config: Union[Config, str, None],
+        weights: str,
+        device: str = "auto",
+        score_thresh: Optional[float] = None,
+        overrides: Sequence[str] = (),
+    ) -> None:
+        ckpt = load_checkpoint(weights)
+        if config is None:
+            if not ckpt.get("config"):
+                raise ValueError(f"{weights} stores no config: pass the config file")
+            cfg = _with_overrides(config_from_dict(ckpt["config"], weights), overrides)
+        elif isinstance(config, Config):
+            cfg = _with_overrides(config, overrides)
+        else:
+            cfg = load_config(config, overrides)
+        if cfg.MODEL.ARCH != "faster_rcnn":
+            raise ValueError(
+                f"the config describes a '{cfg.MODEL.ARCH}', not a detector (MODEL.ARCH)"
+            )
+        if score_thresh is not None:
+            cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(score_thresh)
+        self.cfg = cfg
+        self.device = resolve_device(device if device != "auto" else cfg.MODEL.DEVICE)
+        model = build_detector(cfg)
+        result = load_model_weights(model, ckpt, log=True)
+        if result.missing_keys:
+            raise ValueError(
+                f"{weights}: {len(result.missing_keys)} of the detector's tensors are not in the "
+                f"checkpoint (e.g. {', '.join(result.missing_keys[:4])}): is it a classification "
+                "checkpoint? Detector weights come from tools/train_det.py."
+            )
+        self.model = model.to(self.device).eval()
+        self.class_names, self.category_ids = resolve_class_names(cfg, ckpt.get("extra"))
+        self.transform = build_det_transforms(
+            cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, 0.0, is_train=False
+        )
+
+    def preprocess(self, image: Any) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """``(uint8[3, H', W'] resized RGB tensor, (H, W) original size)``."""
+        rgb = to_rgb_uint8(image, str(image) if isinstance(image, (str, os.PathLike)) else "image")
+        resized, _, _ = self.transform(rgb, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+        tensor = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)
+        return tensor, (int(rgb.shape[0]), int(rgb.shape[1]))
+
+    @torch.inference_mode()
+    def __call__(self, image: Any) -> Detections:
+        """Detect objects in one image (path, PIL image or array; see :func:`to_rgb_uint8`)."""
+        tensor, (h, w) = self.preprocess(image)
+        (det,) = self.model([{"image": tensor, "orig_size": (h, w)}])
+        return Detections(
+            boxes=det["boxes"].float().cpu().numpy().reshape(-1, 4),
+            scores=det["scores"].float().cpu().numpy(),
+            labels=det["labels"].cpu().numpy().astype(np.int64),
+            class_names=self.class_names,
+            image_size=(h, w),
+        )

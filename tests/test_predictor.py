@@ -1,0 +1,134 @@
+"""The Python API: Predictor(config, weights)(image) gives detections in original pixels, with
+class names from the checkpoint or the config's dataset, for images of any mode."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from resdet.config import config_to_dict, load_config
+from resdet.data.records import DatasetError
+from resdet.data.shapes import SHAPES_CLASSES
+from resdet.engine.checkpoint import save_checkpoint
+from resdet.modeling.classifier import build_classifier
+from resdet.modeling.detection.build import build_detector
+from resdet.predictor import Predictor, resolve_class_names, to_rgb_uint8
+
+TINY = [
+    "MODEL.BACKBONE.NAME", "resnet_fpn", "MODEL.BACKBONE.DEPTH", "18",
+    "MODEL.BACKBONE.WIDTH", "16", "MODEL.FPN.OUT_CHANNELS", "32",
+    "MODEL.RPN.IN_FEATURES", "[p2, p3, p4, p5, p6]",
+    "MODEL.ANCHOR.SIZES", "[[16], [32], [64], [128], [256]]",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", "200", "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
+    "MODEL.ROI_HEADS.NAME", "fpn", "MODEL.ROI_HEADS.IN_FEATURES", "[p2, p3, p4, p5]",
+    "MODEL.ROI_HEADS.POOLER_RESOLUTION", "7", "MODEL.ROI_HEADS.FC_DIM", "64",
+    "MODEL.ROI_HEADS.NUM_CLASSES", "3", "MODEL.DEVICE", "cpu",
+    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96",
+]  # fmt: skip
+NAMES = ["cat", "dog", "kite"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = load_config(None, TINY)
+    model = build_detector(cfg)
+    torch.nn.init.normal_(model.roi_heads.predictor.cls_score.weight, std=0.1)
+    path = str(tmp_path_factory.mktemp("ckpt") / "model_final.pth")
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "config": config_to_dict(cfg),
+            "extra": {"class_names": NAMES},
+        },
+    )
+    return path, cfg
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3)).astype(np.uint8)
+    return np.ascontiguousarray(np.kron(coarse, np.ones((8, 8, 1), np.uint8))[:h, :w])
+
+
+def test_detections_come_back_in_original_pixels(checkpoint):
+    path, cfg = checkpoint
+    predictor = Predictor(None, path, score_thresh=0.2)
+    image = _image(120, 200)  # resized to 58x96 (max size bound), so scale = 200 / 96
+    dets = predictor(image)
+    assert len(dets) > 0 and dets.image_size == (120, 200)
+    assert dets.boxes.dtype == np.float32 and dets.labels.dtype == np.int64
+    assert (dets.scores > 0.2).all() and (np.diff(dets.scores) <= 0).all()
+    # Same model on the resized image by hand, boxes scaled back: the Predictor's answer.
+    tensor, orig = predictor.preprocess(image)
+    assert orig == (120, 200) and tuple(tensor.shape) == (3, 58, 96)
+    with torch.no_grad():
+        (raw,) = predictor.model([{"image": tensor}])
+    scale = np.array([200 / 96, 120 / 58, 200 / 96, 120 / 58], np.float32)
+    expected = np.minimum(raw["boxes"].numpy() * scale, [200, 120, 200, 120])
+    np.testing.assert_allclose(dets.boxes, expected, rtol=1e-5, atol=1e-3)
+    assert dets.names() == [NAMES[i] for i in dets.labels]
+    coco = dets.to_coco(7)
+    x1, y1, x2, y2 = dets.boxes[0]
+    assert coco[0]["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=0.01)
+    assert coco[0]["category_id"] == dets.labels[0] + 1 and coco[0]["image_id"] == 7
+
+
+def test_any_image_mode(checkpoint, tmp_path):
+    predictor = Predictor(checkpoint[1], checkpoint[0], score_thresh=0.2)
+    grey = _image(50, 70)[:, :, 0]
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    rgba = np.concatenate([rgb, np.full((50, 70, 1), 128, np.uint8)], axis=2)
+    want = predictor(rgb)
+    for variant in (grey, grey[:, :, None], rgba, rgb.astype(np.float64)):
+        got = predictor(variant)
+        np.testing.assert_array_equal(got.boxes, want.boxes)
+        np.testing.assert_array_equal(got.labels, want.labels)
+    with pytest.raises(DatasetError, match=r"shape \(5, 5, 2\)"):
+        to_rgb_uint8(np.zeros((5, 5, 2), np.uint8))
+    with pytest.raises(DatasetError, match="missing.png"):
+        predictor(str(tmp_path / "missing.png"))
+
+
+def test_class_names_fallbacks():
+    cfg = load_config(None, ["MODEL.ROI_HEADS.NUM_CLASSES", "7", "DATASETS.TEST", "[shapes_val]"])
+    assert resolve_class_names(cfg, {"class_names": list("abcdefg")})[0] == list("abcdefg")
+    # No (or wrong-sized) names in the checkpoint: the config's dataset names them.
+    assert resolve_class_names(cfg, {"class_names": ["a"]})[0] == list(SHAPES_CLASSES)
+    cfg.DATASETS.TEST = ["voc_2007_test"]  # 20 names, not 7: skipped
+    names, ids = resolve_class_names(cfg, None)
+    assert names == [f"class_{i}" for i in range(7)] and ids is None
+
+
+def test_classifier_checkpoint_is_refused(tmp_path, checkpoint):
+    cfg = load_config(None, ["MODEL.ARCH", "classifier", "MODEL.BACKBONE.DEPTH", "18",
+                             "MODEL.BACKBONE.WIDTH", "16"])  # fmt: skip
+    path = str(tmp_path / "cls.pth")
+    save_checkpoint(
+        path, {"model": build_classifier(cfg).state_dict(), "config": config_to_dict(cfg)}
+    )
+    with pytest.raises(ValueError, match="not a detector"):
+        Predictor(None, path)
+    with pytest.raises(ValueError, match="classification checkpoint"):
+        Predictor(checkpoint[1], path)
+
+
+def test_import_resdet_is_light_and_predictor_is_lazy():
+    code = (
+        "import sys, resdet; assert 'torch' not in sys.modules, 'torch imported'; "
+        "assert 'Predictor' in resdet.__all__"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=repo, env=env)
+    import resdet
+
+    assert resdet.Predictor is Predictor
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        resdet.nope  # noqa: B018

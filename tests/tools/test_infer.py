@@ -1,0 +1,115 @@
+"""tools/infer.py on a folder of generated PNG/JPEG images (RGB, grey, RGBA, one corrupt) with
+a tiny random detector: pictures with boxes, one COCO-style json, bad files reported."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from resdet.config import config_to_dict, load_config
+from resdet.engine.checkpoint import save_checkpoint
+from resdet.modeling.detection.build import build_detector
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = [
+    "MODEL.BACKBONE.NAME", "resnet", "MODEL.BACKBONE.DEPTH", "18", "MODEL.BACKBONE.WIDTH", "16",
+    "MODEL.ANCHOR.SIZES", "[[16, 32, 64]]", "INPUT.SIZE_DIVISIBILITY", "16",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", "200", "MODEL.RPN.POST_NMS_TOPK_TEST", "30",
+    "MODEL.ROI_HEADS.NUM_CLASSES", "7", "MODEL.DEVICE", "cpu",
+    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "100",
+    "DATASETS.TEST", "[shapes_val]",  # class names come from here: the checkpoint has none
+]  # fmt: skip
+
+
+def _infer_main():
+    spec = importlib.util.spec_from_file_location(
+        "infer_tool", os.path.join(REPO, "tools", "infer.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = load_config(None, TINY)
+    model = build_detector(cfg)
+    torch.nn.init.normal_(model.roi_heads.predictor.cls_score.weight, std=0.1)
+    path = str(tmp_path_factory.mktemp("w") / "det.pth")
+    save_checkpoint(path, {"model": model.state_dict(), "config": config_to_dict(cfg)})
+    return path
+
+
+def _write_images(root) -> dict:
+    """name -> (height, width) of what was written."""
+    rng = np.random.default_rng(0)
+    (root / "sub").mkdir(parents=True)
+
+    def img(h, w, c):
+        coarse = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, c)).astype(np.uint8)
+        return np.kron(coarse, np.ones((8, 8, 1), np.uint8))[:h, :w]
+
+    cv2.imwrite(str(root / "a.png"), img(90, 140, 3))
+    cv2.imwrite(str(root / "b.jpg"), img(300, 120, 3))
+    cv2.imwrite(str(root / "sub" / "grey.png"), img(40, 40, 1)[:, :, 0])
+    cv2.imwrite(str(root / "sub" / "rgba.png"), img(64, 50, 4))
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "notes.txt").write_text("not an image")
+    return {"a.png": (90, 140), "b.jpg": (300, 120), "sub/grey.png": (40, 40),
+            "sub/rgba.png": (64, 50)}  # fmt: skip
+
+
+def test_infer_folder_writes_pictures_and_json(tmp_path, weights, capsys):
+    written = _write_images(tmp_path / "in")
+    out = tmp_path / "out"
+    code = _infer_main()(
+        ["--weights", weights, "--input", str(tmp_path / "in"), "--output", str(out),
+         "--score-thresh", "0.2", "--device", "cpu"]
+    )  # fmt: skip
+    assert code == 1  # one unreadable image, reported, the rest done
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "cannot decode" in err
+    results = json.loads((out / "detections.json").read_text())
+    assert results, "random weights at 0.2 should still give detections"
+    by_file = {}
+    for r in results:
+        by_file.setdefault(os.path.relpath(r["file_name"], tmp_path / "in"), []).append(r)
+    assert set(by_file) <= set(written)
+    for name, (h, w) in written.items():
+        picture = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
+        assert picture is not None and picture.shape == (h, w, 3), name
+        for r in by_file.get(name, []):
+            x, y, bw, bh = r["bbox"]
+            assert 0 <= x and 0 <= y and x + bw <= w + 0.01 and y + bh <= h + 0.01
+            assert r["score"] > 0.2 and 1 <= r["category_id"] <= 7
+            assert r["category_name"] in ("circle", "square", "triangle", "star", "cross",
+                                          "ring", "crescent")  # fmt: skip
+    assert not (out / "broken.png").exists() and not (out / "notes.png").exists()
+    # Boxes were drawn where something was found: the picture differs from the input.
+    name = max(by_file, key=lambda n: len(by_file[n]))
+    original = cv2.imread(str(tmp_path / "in" / name), cv2.IMREAD_COLOR)
+    drawn = cv2.imread(str(out / name), cv2.IMREAD_COLOR)
+    assert np.abs(drawn.astype(int) - original.astype(int)).max() > 100
+    ids = {r["image_id"] for r in results}
+    assert ids <= set(range(5))
+
+
+def test_infer_single_file_and_bad_args(tmp_path, weights):
+    image = tmp_path / "one.jpg"
+    cv2.imwrite(str(image), np.full((50, 80, 3), 200, np.uint8))
+    main = _infer_main()
+    args = ["--weights", weights, "--input", str(image), "--output", str(tmp_path / "o")]
+    assert main([*args, "--score-thresh", "0.0", "--no-pictures"]) == 0
+    assert json.loads((tmp_path / "o" / "detections.json").read_text())
+    assert not (tmp_path / "o" / "one.jpg").exists()
+    assert main(["--weights", weights, "--input", str(tmp_path / "nope"), "--output", "x"]) == 2
+    assert (
+        main(["--weights", str(tmp_path / "no.pth"), "--input", str(image), "--output", "x"]) == 2
+    )

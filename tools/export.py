@@ -1,0 +1,144 @@
+"""Export a trained detector to ONNX and/or TorchScript, and check it against PyTorch.
+
+    python tools/export.py --weights output/demo/det/model_final.pth --output export/shapes_det
+    python tools/export.py --config configs/coco_r101.yaml --weights model.pth \\
+        --output export/r101 --format onnx --size 800 1088 --fixed
+
+Writes ``<output>.onnx`` and/or ``<output>.torchscript.pt`` plus ``<output>.json`` (what the
+model expects and returns, and the class names). The exported model takes ONE image
+``image: float32[1, 3, H, W]``, RGB, 0-255, already resized like the config's test transform
+(shorter side INPUT.MIN_SIZE_TEST, longer side at most INPUT.MAX_SIZE_TEST); it normalises and
+pads internally and returns ``boxes float32[D, 4]`` (xyxy in the input's pixels: divide by the
+resize factor for the original image), ``scores float32[D]`` and ``labels int64[D]`` (0..K-1).
+
+ONNX input H and W are dynamic unless ``--fixed``; the TorchScript trace reads sizes from the
+input as well. After exporting, both are run on the example size and on a second size and
+their detections compared with PyTorch's (exit status 1 on a mismatch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+try:
+    import resdet  # noqa: F401
+except ImportError:  # run from a checkout without installing: put the repo root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@torch.no_grad()
+def export_and_check(fmt: str, model, reference, args, example, other) -> bool:
+    """Export ``model`` in ``fmt``; unless ``--no-check``, compare its detections with
+    ``reference`` (the PyTorch model) at the example size and at another size."""
+    from resdet.export.onnx import compare_detections, export_onnx, export_torchscript, run_onnx
+
+    t0 = time.perf_counter()
+    if fmt == "onnx":
+        path = args.output + ".onnx"
+        export_onnx(model, path, example, dynamic=not args.fixed, opset=args.opset)
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+        def run(x):
+            return run_onnx(path, x, session)
+    else:
+        path = args.output + ".torchscript.pt"
+        run = export_torchscript(model, path, example)
+    size_mb = os.path.getsize(path) / 2**20
+    print(f"wrote {path} ({size_mb:.1f} MB, {time.perf_counter() - t0:.1f} s)")
+    if args.no_check:
+        return True
+    ok = True
+    # A fixed-size ONNX model only accepts the example's size.
+    for x in [example] if (fmt == "onnx" and args.fixed) else [example, other]:
+        t0 = time.perf_counter()
+        got = run(x)
+        seconds = time.perf_counter() - t0
+        match = compare_detections(reference(x), got)
+        ok &= match.ok
+        print(f"  {fmt} at {x.shape[2]}x{x.shape[3]}: {match} ({seconds:.2f} s, first call)")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default=None, help="YAML config (default: the checkpoint's)")
+    parser.add_argument("--weights", required=True, help="detector checkpoint (.pth)")
+    parser.add_argument("--output", required=True, help="path prefix of the exported files")
+    parser.add_argument("--format", choices=("onnx", "torchscript", "all"), default="all")
+    parser.add_argument(
+        "--size", nargs=2, type=int, metavar=("H", "W"),
+        help="example input size (default: a 3:4 image resized by the config's test transform)",
+    )  # fmt: skip
+    parser.add_argument("--fixed", action="store_true", help="ONNX input size fixed to --size")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16, default 17)")
+    parser.add_argument("--no-check", action="store_true", help="skip the comparison run")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args(argv)
+
+    from resdet.config import ConfigError
+    from resdet.data.det_transforms import resize_scale
+    from resdet.export.onnx import example_image
+    from resdet.export.traceable import TraceableDetector
+    from resdet.predictor import Predictor
+
+    try:
+        predictor = Predictor(args.config, args.weights, device="cpu", overrides=args.opts)
+    except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cfg, model = predictor.cfg, predictor.model
+    if args.size:
+        size = tuple(args.size)
+    else:
+        s = resize_scale(480, 640, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        size = (round(480 * s), round(640 * s))
+    example = example_image(*size, seed=0)
+    # A second, differently shaped input checks that sizes were not frozen into the graph.
+    other = example_image(max(32, size[0] * 3 // 4), max(32, size[1] * 5 // 6), seed=1)
+    reference = TraceableDetector(model)
+    formats = ("onnx", "torchscript") if args.format == "all" else (args.format,)
+    ok = True
+    for fmt in formats:
+        try:
+            ok &= export_and_check(fmt, model, reference, args, example, other)
+        except (ImportError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    meta = {
+        "input": {
+            "name": "image",
+            "layout": "float32[1, 3, H, W], RGB, 0-255",
+            "resize": {"min_size": cfg.INPUT.MIN_SIZE_TEST, "max_size": cfg.INPUT.MAX_SIZE_TEST},
+            "dynamic": not args.fixed,
+            "example_size": list(size),
+        },
+        "outputs": {
+            "boxes": "float32[D, 4] xyxy in the input's pixels",
+            "scores": "float32[D]",
+            "labels": "int64[D] in 0..K-1",
+        },
+        "class_names": predictor.class_names,
+        "score_thresh": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+        "weights": os.path.abspath(args.weights),
+    }
+    with open(args.output + ".json", "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+    if not ok:
+        print("exported model's detections differ from PyTorch's (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
