@@ -10,8 +10,6 @@ coco_per_class.md, coco_results.json, voc_metrics.json).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
@@ -20,27 +18,12 @@ try:
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resdet.config import ConfigError, load_config
-from resdet.data.records import DatasetError
 from resdet.engine.detection import run
+from resdet.engine.launch import tool_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", required=True, help="YAML config (with _BASE_ chain)")
-    parser.add_argument("--weights", required=True, help="checkpoint to evaluate")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.opts)
-        results = run(cfg, eval_only=True, weights=args.weights)
-    except (ConfigError, DatasetError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(results, indent=2))
-    return 0
+    return tool_main(__doc__, run, argv, eval_only=True)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ evaluators' results (coco_metrics.json, coco_per_class.md, voc_metrics.json).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
@@ -23,35 +21,12 @@ try:
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resdet.config import ConfigError, load_config
-from resdet.data.records import DatasetError
 from resdet.engine.detection import run
-from resdet.engine.dist import destroy_distributed, is_main_process
+from resdet.engine.launch import tool_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", required=True, help="YAML config (with _BASE_ chain)")
-    parser.add_argument("--resume", action="store_true", help="continue from last_checkpoint")
-    parser.add_argument("--eval-only", action="store_true", help="evaluate and exit")
-    parser.add_argument("--weights", default="", help="checkpoint to evaluate / start from")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.opts)
-        results = run(cfg, resume=args.resume, eval_only=args.eval_only, weights=args.weights)
-    except (ConfigError, DatasetError, FileNotFoundError, FloatingPointError) as e:
-        # FloatingPointError: a NaN/inf loss; the message names the iteration and the terms.
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        main_process = is_main_process()
-        destroy_distributed()
-    if results and main_process:
-        print(json.dumps(results))
-    return 0
+    return tool_main(__doc__, run, argv)
 
 
 if __name__ == "__main__":

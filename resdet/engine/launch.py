@@ -1,0 +1,62 @@
+"""The command line shared by tools/train_cls.py, train_det.py and eval_det.py.
+
+``--config FILE [--resume] [--eval-only] [--weights W] [KEY VALUE ...]`` -> load the config
+-> the task's ``run(cfg, resume, eval_only, weights)``. Expected failures (a bad config, bad
+data, a missing file, a NaN loss) print one clear ``error:`` line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Dict, List, Optional
+
+from resdet.config import Config, ConfigError, load_config
+from resdet.data.records import DatasetError
+from resdet.engine.dist import destroy_distributed, is_main_process
+
+RunFn = Callable[..., Dict[str, float]]
+
+
+def tool_main(
+    doc: str, run: RunFn, argv: Optional[List[str]] = None, eval_only: bool = False
+) -> int:
+    """Parse ``argv``, run the task, print its final metrics as JSON on rank 0.
+
+    Args:
+        doc: the tool's module docstring (first line = description, rest = usage epilog).
+        run: ``resdet.engine.classification.run`` or ``resdet.engine.detection.run``.
+        eval_only: an evaluation tool: ``--weights`` is required and there is no training.
+    """
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n")[0],
+        epilog="\n".join(doc.split("\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", required=True, help="YAML config (with _BASE_ chain)")
+    parser.add_argument("--weights", default="", required=eval_only, help="checkpoint to use")
+    if not eval_only:
+        parser.add_argument("--resume", action="store_true", help="continue from last_checkpoint")
+        parser.add_argument("--eval-only", action="store_true", help="evaluate and exit")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args(argv)
+    main_process = True
+    try:
+        cfg: Config = load_config(args.config, args.opts)
+        results = run(
+            cfg,
+            resume=getattr(args, "resume", False),
+            eval_only=eval_only or args.eval_only,
+            weights=args.weights,
+        )
+    except (ConfigError, DatasetError, FileNotFoundError, FloatingPointError) as e:
+        # FloatingPointError: a NaN/inf loss; the message names the iteration and the terms.
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        main_process = is_main_process()
+        destroy_distributed()
+    if results and main_process:
+        print(json.dumps(results, indent=2 if eval_only else None))
+    return 0
