@@ -27,7 +27,12 @@ from resdet.data.det_transforms import build_det_transforms
 from resdet.data.loader import build_detection_loader
 from resdet.data.records import DatasetMeta, DetectionRecord
 from resdet.engine.amp import autocast_factory, build_grad_scaler
-from resdet.engine.checkpoint import Checkpointer, load_model_weights, require_checkpoint_file
+from resdet.engine.checkpoint import (
+    Checkpointer,
+    load_checkpoint,
+    load_model_weights,
+    require_checkpoint_file,
+)
 from resdet.engine.classification import resolve_device
 from resdet.engine.dist import (
     all_gather_object,
@@ -173,13 +178,49 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# Keys whose value the backbone weights were trained with and the detector must use too:
+# the tensors have the same shapes either way, so a mismatch would train silently wrong.
+_INPUT_CONVENTIONS = (
+    ("MODEL", "BACKBONE", "STRIDE_IN_1X1"),
+    ("MODEL", "INPUT_FORMAT"),
+    ("MODEL", "PIXEL_MEAN"),
+    ("MODEL", "PIXEL_STD"),
+)
+
+
+def input_convention_mismatches(source: Any, cfg: Config) -> List[str]:
+    """Differences between a checkpoint's stored config dict and ``cfg`` that change what the
+    weights compute (stride placement, channel order, pixel statistics)."""
+    if not isinstance(source, dict):
+        return []
+    problems = []
+    for path in _INPUT_CONVENTIONS:
+        theirs: Any = source
+        for key in path:
+            theirs = theirs.get(key) if isinstance(theirs, dict) else None
+        ours: Any = cfg
+        for key in path:
+            ours = getattr(ours, key)
+        if theirs is not None and theirs != ours:
+            key = ".".join(path)
+            problems.append(
+                f"the weights were trained with {key} {theirs} but this config has {ours}; "
+                f"set {key} {theirs} unless you mean to change it"
+            )
+    return problems
+
+
 def _load_initial_weights(model: FasterRCNN, cfg: Config, weights: str) -> None:
     if weights or cfg.MODEL.WEIGHTS:
         load_model_weights(model, weights or cfg.MODEL.WEIGHTS)
     elif cfg.MODEL.BACKBONE.PRETRAINED:
         # A classification checkpoint: same ResNet keys, only fc.* is left over (logged).
-        logger.info("initialising the backbone from %s", cfg.MODEL.BACKBONE.PRETRAINED)
-        load_model_weights(model.resnet, cfg.MODEL.BACKBONE.PRETRAINED)
+        path = cfg.MODEL.BACKBONE.PRETRAINED
+        logger.info("initialising the backbone from %s", path)
+        checkpoint = load_checkpoint(path)
+        for problem in input_convention_mismatches(checkpoint.get("config"), cfg):
+            logger.warning("%s: %s", path, problem)
+        load_model_weights(model.resnet, checkpoint)
     else:
         logger.warning("no MODEL.WEIGHTS or MODEL.BACKBONE.PRETRAINED: training from scratch")
 

@@ -99,3 +99,18 @@ def test_mistyped_key_and_missing_dataset_are_clear_errors(tiny, tmp_path, monke
                            "OUTPUT_DIR", str(tmp_path / "x")])  # fmt: skip
     assert code == 2
     assert "unknown dataset 'shapes_trian'; did you mean shapes_train" in capsys.readouterr().err
+
+
+def test_backbone_weights_with_other_input_conventions_are_flagged() -> None:
+    from resdet.config import config_to_dict, load_config
+    from resdet.engine.detection import input_convention_mismatches
+
+    cfg = load_config(None)
+    msra = config_to_dict(load_config(None, ["MODEL.INPUT_FORMAT", "BGR",
+                                              "MODEL.BACKBONE.STRIDE_IN_1X1", "true"]))  # fmt: skip
+    problems = input_convention_mismatches(msra, cfg)
+    assert len(problems) == 2
+    assert any("MODEL.INPUT_FORMAT BGR" in p for p in problems)
+    assert any("MODEL.BACKBONE.STRIDE_IN_1X1 True" in p for p in problems)
+    assert input_convention_mismatches(config_to_dict(cfg), cfg) == []
+    assert input_convention_mismatches(None, cfg) == []
