@@ -41,6 +41,7 @@ from resdet.engine.amp import autocast_factory, build_grad_scaler
 from resdet.engine.checkpoint import Checkpointer, load_model_weights, require_checkpoint_file
 from resdet.engine.dist import (
     barrier,
+    check_same_on_all_ranks,
     check_sync_bn,
     get_rank,
     get_world_size,
@@ -388,6 +389,7 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
         if weights or cfg.MODEL.WEIGHTS:
             load_model_weights(model, weights or cfg.MODEL.WEIGHTS)
 
+    check_same_on_all_ranks(start_iter, "the iteration to start from")
     train_model: nn.Module = model
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None

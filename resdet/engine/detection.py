@@ -37,6 +37,7 @@ from resdet.engine.classification import resolve_device
 from resdet.engine.dist import (
     all_gather_object,
     barrier,
+    check_same_on_all_ranks,
     check_sync_bn,
     get_world_size,
     init_distributed,
@@ -314,6 +315,7 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
             logger.info("--resume: no checkpoint in %s, starting from scratch", out)
         _load_initial_weights(model, cfg, weights)
 
+    check_same_on_all_ranks(start_iter, "the iteration to start from")
     train_model: nn.Module = model
     if get_world_size() > 1:
         ids = [device.index] if device.type == "cuda" else None

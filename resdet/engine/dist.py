@@ -174,3 +174,13 @@ def all_gather_object(obj: Any) -> List[Any]:
     out: List[Any] = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def check_same_on_all_ranks(value: Any, what: str) -> None:
+    """Raise on every rank when ranks disagree on ``value`` (e.g. the resumed iteration when
+    one node cannot see ``OUTPUT_DIR``), instead of letting them train out of step."""
+    values = all_gather_object(value)
+    if any(v != values[0] for v in values):
+        raise RuntimeError(
+            f"ranks disagree on {what}: {values} (is OUTPUT_DIR on a filesystem every node sees?)"
+        )
