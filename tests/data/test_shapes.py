@@ -128,7 +128,7 @@ def test_all_classes_and_size_classes_occur(run60):
 
 
 def test_scene_boxes_are_tight_on_visible_pixels(monkeypatch):
-    import resdet.data.shapes as shapes
+    import resdet.data.shapes_render as shapes
 
     captured = []
     original = shapes._draw_object
