@@ -1,0 +1,281 @@
+"""Run the benchmark's modes and write its report: ``benchmark.json`` and ``benchmark.md``.
+
+:func:`run_benchmark` is what ``tools/benchmark.py`` calls; :func:`render_markdown` turns the
+results into the tables kept in ``BENCHMARKS.md``; :func:`check_targets` compares them with the
+targets of issue 7 (R50-FPN 800x1333 fp32 inference >= 1.5x torchvision's throughput, training
+step >= 1.3x, R50-C4 with 1000 proposals <= 2x torchvision's R50-FPN time, peak memory no
+higher than torchvision's).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from resdet.utils.benchmark import ModelSpec
+from resdet.utils.benchmark_modes import (
+    MODES,
+    bench_backbones,
+    bench_bf16,
+    bench_data,
+    bench_models,
+    machine_info,
+    profile_inference,
+)
+
+logger = logging.getLogger(__name__)
+
+TARGET_SIZE = (800, 1333)
+
+
+@dataclass
+class BenchOptions:
+    """What to measure; the defaults are the full benchmark of ``BENCHMARKS.md``."""
+
+    size: Tuple[int, int] = TARGET_SIZE
+    models: List[str] = field(
+        default_factory=lambda: [
+            "tv_r50_fpn",
+            "r50_fpn",
+            "r50_fpn+fold",
+            "r50_c4+fold",
+            "r50_c4_1000+fold",
+            "r101_c4+fold",
+        ]  # fmt: skip
+    )
+    train_models: List[str] = field(default_factory=lambda: ["tv_r50_fpn", "r50_fpn"])
+    profile_models: List[str] = field(default_factory=lambda: ["r50_fpn+fold", "r50_c4+fold"])
+    modes: List[str] = field(default_factory=lambda: list(MODES))
+    warmup: int = 1
+    repeats: int = 3
+    train_repeats: int = 0  # 0: same as ``repeats`` (a full-size training step is slow)
+    batch: int = 2
+    threads: int = 2
+    workers: List[int] = field(default_factory=lambda: [0, 2])
+    compile: bool = False
+    memory: bool = True
+    bf16_size: Tuple[int, int] = (320, 320)
+    bf16_model: str = "r50_fpn"
+    bf16_train: bool = True
+    weights: str = ""
+    ap_images: int = 50
+    seed: int = 0
+
+
+def run_benchmark(opts: BenchOptions) -> Dict[str, Any]:
+    """Run every mode in ``opts.modes``; returns the results dict :func:`render_markdown` reads."""
+    bad = [m for m in opts.modes if m not in MODES]
+    if bad:
+        raise ValueError(f"unknown mode(s) {bad}; choose from {MODES}")
+    torch.set_num_threads(opts.threads)
+    size = tuple(opts.size)
+    specs = [ModelSpec.parse(m) for m in opts.models]
+    if opts.compile:
+        specs += [ModelSpec.parse(s.name + "+compile") for s in specs
+                  if not s.is_torchvision and "compile" not in s.mods]  # fmt: skip
+    out: Dict[str, Any] = {"machine": machine_info(opts.threads), "size": list(size),
+                           "options": {k: v for k, v in vars(opts).items()}}  # fmt: skip
+    t_start = time.perf_counter()
+    for mode in opts.modes:
+        t0 = time.perf_counter()
+        logger.info("mode %s", mode)
+        if mode == "infer":
+            out["infer"] = bench_models(specs, "infer", size, opts.warmup, opts.repeats,
+                                        1, opts.threads, opts.memory, opts.seed)  # fmt: skip
+        elif mode == "train":
+            train = [ModelSpec.parse(m) for m in opts.train_models]
+            out["train"] = bench_models(
+                train, "train", size, opts.warmup, opts.train_repeats or opts.repeats, opts.batch,
+                opts.threads,
+                opts.memory, opts.seed,
+            )  # fmt: skip
+        elif mode == "backbone":
+            # Compiling again for the backbone alone would double the compile time.
+            eager = [s for s in specs if "compile" not in s.mods]
+            out["backbone"] = bench_backbones(eager, size, opts.warmup, opts.repeats, opts.seed)
+        elif mode == "data":
+            out["data"] = bench_data(size, opts.workers, opts.batch, seed=opts.seed)
+        elif mode == "profile":
+            prof = [ModelSpec.parse(m) for m in opts.profile_models]
+            out["profile"] = profile_inference(prof, size, seed=opts.seed)
+        elif mode == "bf16":
+            out["bf16"] = bench_bf16(ModelSpec.parse(opts.bf16_model), tuple(opts.bf16_size),
+                                     train=opts.bf16_train, weights=opts.weights,
+                                     ap_images=opts.ap_images, seed=opts.seed)  # fmt: skip
+        out.setdefault("mode_seconds", {})[mode] = time.perf_counter() - t0
+    out["total_seconds"] = time.perf_counter() - t_start
+    out["machine"]["loadavg_end"] = list(os.getloadavg())
+    out["targets"] = check_targets(out)
+    return out
+
+
+def _row(rows: Sequence[Dict[str, Any]], name: str) -> Optional[Dict[str, Any]]:
+    return next((r for r in rows if r["model"] == name), None)
+
+
+def _best(rows: Sequence[Dict[str, Any]], base: str) -> Optional[Dict[str, Any]]:
+    """The fastest fp32 variant of ``base`` (no bf16: the targets are fp32)."""
+    cand = [r for r in rows if r["model"].split("+")[0] == base and "bf16" not in r["model"]]
+    return min(cand, key=lambda r: r["wall"]["median"]) if cand else None
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def check_targets(results: Dict[str, Any]) -> List[Dict[str, str]]:
+    """The issue's targets against what was measured (only those the run has data for)."""
+    out: List[Dict[str, str]] = []
+    note = (
+        ""
+        if tuple(results["size"]) == TARGET_SIZE
+        else " (measured at {}x{})".format(*results["size"])
+    )
+    for mode, goal in (("infer", 1.5), ("train", 1.3)):
+        rows = results.get(mode) or []
+        tv, rd = _row(rows, "tv_r50_fpn"), _best(rows, "r50_fpn")
+        if tv and rd:
+            speed = tv["wall"]["median"] / rd["wall"]["median"]
+            out.append({"target": f"R50-FPN {mode} throughput >= {goal}x torchvision" + note,
+                        "measured": f"{speed:.2f}x ({rd['model']})",
+                        "status": _verdict(speed >= goal)})  # fmt: skip
+        if tv and rd and "memory" in tv and "memory" in rd and "peak_mb" in rd["memory"]:
+            mine, theirs = rd["memory"]["peak_mb"], tv["memory"]["peak_mb"]
+            out.append({"target": f"R50-FPN {mode} peak memory <= torchvision's" + note,
+                        "measured": f"{mine:.0f} MB vs {theirs:.0f} MB",
+                        "status": _verdict(mine <= theirs * 1.02)})  # fmt: skip
+    rows = results.get("infer") or []
+    tv, c4 = _row(rows, "tv_r50_fpn"), _best(rows, "r50_c4_1000")
+    if tv and c4:
+        ratio = c4["wall"]["median"] / tv["wall"]["median"]
+        out.append({"target": "R50-C4 (1000 proposals) inference time <= 2x torchvision R50-FPN"
+                    + note, "measured": f"{ratio:.2f}x ({c4['model']})",
+                    "status": _verdict(ratio <= 2.0)})  # fmt: skip
+    return out
+
+
+def _ms(s: float) -> str:
+    return f"{s:.3f}" if s < 10 else f"{s:.2f}"
+
+
+def _counts(r: Dict[str, Any], key: str) -> str:
+    v = r.get(key)
+    return "/".join(str(x) for x in v) if v else "-"
+
+
+def _models_table(rows: Sequence[Dict[str, Any]], unit: str) -> List[str]:
+    tv = next((r for r in rows if r["model"].startswith("tv_")), None)
+    lines = [f"| model | proposals/img | detections/img | median s/{unit} | min-max s | "
+             "CPU s | img/s | speed vs torchvision | peak RSS MB | work MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        w = r["wall"]
+        speed = f"{tv['wall']['median'] / w['median']:.2f}x" if tv else "-"
+        mem = r.get("memory", {})
+        peak = f"{mem['peak_mb']:.0f}" if "peak_mb" in mem else mem.get("error", "-")
+        work = f"{mem['work_mb']:.0f}" if "work_mb" in mem else "-"
+        name = r["model"] + (f" (compile {r['compile_s']:.0f} s)" if "compile_s" in r else "")
+        lines.append(
+            f"| {name} | {_counts(r, 'proposals')} | {_counts(r, 'detections')} | "
+            f"{_ms(w['median'])} | {_ms(w['min'])}-{_ms(w['max'])} | {_ms(r['cpu_median'])} | "
+            f"{r['images'] / w['median']:.3f} | {speed} | {peak} | {work} |"
+        )
+    return lines
+
+
+def render_markdown(results: Dict[str, Any], command: str = "") -> str:
+    """The report as markdown: machine, one table per mode, targets."""
+    m = results["machine"]
+    h, w = results["size"]
+    lines = ["## Latest benchmark", ""]
+    if command:
+        lines += ["Command:", "", "```", command, "```", ""]
+    lines += [f"Machine: {m['cpu']} ({', '.join(m['isa'])}), {m['cores']} cores, "
+              f"{m['threads']} torch threads, torch {m['torch']}; load average "
+              f"{m['loadavg_start'][0]:.1f} at start, {m.get('loadavg_end', ['?'])[0]:.1f} "
+              "at end (the machine is shared). Image size "
+              f"{h}x{w}; all fp32 unless the name says bf16.", ""]  # fmt: skip
+    if results.get("infer"):
+        lines += ["### Inference (1 image, `torch.inference_mode`)", ""]
+        lines += _models_table(results["infer"], "img") + [""]
+    if results.get("train"):
+        b = results["train"][0]["images"]
+        lines += [f"### Training step (forward + backward + SGD, batch {b})", ""]
+        lines += _models_table(results["train"], "step") + [""]
+    if results.get("backbone"):
+        bb = results["backbone"]
+        lines += [f"### Backbone alone (GEMM {bb['gemm_gflops_per_s']:.1f} GFLOP/s in this run)",
+                  "", "| backbone of | GFLOP/img | median s | img/s | GFLOP/s | % of GEMM |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in bb["rows"]:
+            lines.append(f"| {r['model']} | {r['gflop']:.1f} | {_ms(r['wall']['median'])} | "
+                         f"{r['images_per_s']:.3f} | {r['gflops_per_s']:.1f} | "
+                         f"{100 * r['fraction_of_gemm']:.0f}% |")  # fmt: skip
+        lines.append("")
+    if results.get("data"):
+        lines += ["### Data pipeline (decode JPEG + resize + flip + collate)", "",
+                  "| workers | images/s | first batch s |", "|---|---|---|"]  # fmt: skip
+        for r in results["data"]:
+            lines.append(f"| {r['workers']} | {r['images_per_s']:.1f} | {r['first_batch_s']:.2f} |")
+        lines.append("")
+    if results.get("bf16"):
+        lines += _bf16_lines(results["bf16"])
+    if results.get("profile"):
+        for name, p in results["profile"].items():
+            lines += [f"### Profile: {name} inference, top operators by self CPU time "
+                      f"(total {p['total_ms'] / 1e3:.2f} s)", "",
+                      "| operator | self s | % | calls |", "|---|---|---|---|"]  # fmt: skip
+            for r in p["rows"]:
+                lines.append(f"| `{r['op']}` | {r['self_ms'] / 1e3:.3f} | {r['pct']:.1f} | "
+                             f"{r['calls']} |")  # fmt: skip
+            lines.append("")
+    if results.get("targets"):
+        lines += ["### Targets", "", "| target | measured | status |", "|---|---|---|"]
+        lines += [
+            f"| {t['target']} | {t['measured']} | {t['status']} |" for t in results["targets"]
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _bf16_lines(b: Dict[str, Any]) -> List[str]:
+    h, w = b["size"]
+    native = "yes" if b["cpu_has_native_bf16"] else "no (AVX2 only: bf16 is emulated)"
+    lines = [f"### bf16 autocast ({b['model']}, {h}x{w}; native bf16 on this CPU: {native})", "",
+             "| work | fp32 s | bf16 s | bf16 / fp32 time |", "|---|---|---|---|"]  # fmt: skip
+    for mode in ("infer", "train"):
+        if mode in b:
+            fp, bf = b[mode][b["model"]], b[mode][b["model"] + "+bf16"]
+            lines.append(f"| {mode} | {_ms(fp)} | {_ms(bf)} | {b[mode]['slowdown']:.1f}x |")
+    a = b["agreement"]
+    lines += ["", f"Detections on the benchmark image (calibrated random weights, "
+              f"{b['detections']} fp32 detections): {100 * a['matched']:.0f}% of fp32 boxes "
+              f"have a bf16 box of the same class at IoU >= 0.9 (mean best IoU "
+              f"{a['mean_iou']:.3f}, max score change {a['max_score_diff']:.3f})."]  # fmt: skip
+    if "ap" in b:
+        ap = b["ap"]
+        lines.append(f"AP on {ap['images']} images of the demo test set ({ap['weights']}): "
+                     f"fp32 {100 * ap['fp32']['AP']:.2f}, bf16 {100 * ap['bf16']['AP']:.2f} "
+                     f"({ap['diff_points']:+.2f} points).")  # fmt: skip
+    else:
+        lines.append("AP change: not measured (no trained checkpoint given: `--weights`).")
+    return lines + [""]
+
+
+def write_outputs(results: Dict[str, Any], out_dir: str, command: str = "") -> Tuple[str, str]:
+    """Write ``benchmark.json`` and ``benchmark.md`` into ``out_dir``; returns both paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    results = {**results, "command": command}
+    json_path = os.path.join(out_dir, "benchmark.json")
+    md_path = os.path.join(out_dir, "benchmark.md")
+    with open(json_path, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1, default=str)
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write(render_markdown(results, command) + "\n")
+    return json_path, md_path

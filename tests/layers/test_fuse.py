@@ -1,0 +1,70 @@
+"""Fused conv + bias + ReLU (+ residual) for CPU inference: same numbers as the plain ops, on the
+fused kernels and on the fallback, and detectors unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# pytest puts this folder on sys.path (rootdir-relative "prepend" import mode).
+from test_fold import assert_same_detections, tiny_detector
+
+from resdet.layers.fold import fold_frozen_bn, inference_copy
+from resdet.layers.fuse import FusedBlock, FusedConv2d, fuse_for_inference, mkldnn_fusion_available
+from resdet.modeling.backbone.resnet import BasicBlock, Bottleneck
+
+PATHS = ["fused", "fallback"] if mkldnn_fusion_available() else ["fallback"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    "k,stride,relu,residual",
+    [(1, 1, True, False), (3, 2, False, False), (1, 1, True, True), (3, 1, False, True)],
+)
+def test_fused_conv_matches_plain_ops(path, k, stride, relu, residual, monkeypatch):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 8, k, stride=stride, padding=k // 2)
+    x = torch.randn(2, 6, 10, 12)
+    ref = conv(x)
+    other = torch.randn_like(ref) if residual else None
+    ref = ref + other if residual else ref
+    ref = F.relu(ref) if relu else ref
+    fused = FusedConv2d(conv, relu)
+    if path == "fallback":
+        monkeypatch.setattr(FusedConv2d, "_fused", lambda self, x: False)
+    with torch.inference_mode():
+        out = fused(x, other)
+    torch.testing.assert_close(out, ref.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_block_needs_a_folded_block():
+    block = Bottleneck(16, 4, norm="FrozenBN").eval()
+    with pytest.raises(ValueError, match="fold_frozen_bn"):
+        FusedBlock(block)
+    folded = fold_frozen_bn(block)
+    x = torch.randn(1, 16, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(FusedBlock(folded)(x), block(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["fpn", "c4"])
+def test_fused_detector_gives_the_same_detections(kind):
+    model, inputs = tiny_detector(kind)
+    fused = fuse_for_inference(fold_frozen_bn(model))
+    assert fused.channels_last
+    assert not any(type(m) is nn.Conv2d for m in fused.modules())
+    if kind == "c4":
+        assert isinstance(fused.roi_heads.box_head.res5[0], FusedBlock)
+    with torch.inference_mode():
+        assert_same_detections(model(inputs)[0], fused(inputs)[0], atol=1e-4)
+
+
+def test_inference_copy_with_fuse_leaves_the_model_alone():
+    model, inputs = tiny_detector("fpn")
+    fast = inference_copy(model, fuse=True)
+    assert isinstance(fast.backbone.bottom_up.layer1[0], FusedBlock)
+    assert isinstance(model.backbone.bottom_up.layer1[0], BasicBlock)  # R18's, unfused
+    with torch.inference_mode():
+        assert_same_detections(model(inputs)[0], fast(inputs)[0], atol=1e-4)

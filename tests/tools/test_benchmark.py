@@ -1,0 +1,108 @@
+"""The benchmark harness: model names, calibration, the tiny end-to-end run writing its JSON
+and markdown, the memory subprocess, and bf16 autocast keeping the detections."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+from resdet.utils.benchmark import ModelSpec, Runner, calibrated_model, make_inputs
+from resdet.utils.benchmark_modes import detection_agreement, measure_memory
+from resdet.utils.benchmark_report import check_targets
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location(
+        "bench_tool", os.path.join(REPO, "tools", "benchmark.py")
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_model_names_parse_and_reject_typos():
+    s = ModelSpec.parse("r50_fpn+fuse+bf16")
+    assert (s.base, s.mods, s.is_torchvision) == ("r50_fpn", ("fuse", "bf16"), False)
+    assert ModelSpec.parse("tv_r50_fpn").is_torchvision
+    with pytest.raises(ValueError, match="unknown model 'r50_fnp'"):
+        ModelSpec.parse("r50_fnp")
+    with pytest.raises(ValueError, match="unknown modifier"):
+        ModelSpec.parse("r50_fpn+folded")
+    with pytest.raises(ValueError, match="without modifiers"):
+        ModelSpec.parse("tv_r50_fpn+fold")
+
+
+def test_harness_tiny_run_writes_json_and_markdown(tmp_path):
+    out = tmp_path / "bench"
+    md = tmp_path / "BENCH.md"
+    md.write_text("# Benchmarks\n\nhand-written notes\n")
+    tool = _tool()
+    argv = ["--size", "128", "128", "--models", "tv_r18_fpn,r18_fpn+fuse",
+            "--train-models", "r18_fpn", "--profile-models", "r18_fpn+fold",
+            "--modes", "infer,train,backbone,data,profile", "--repeats", "1", "--warmup", "0",
+            "--threads", "1", "--workers", "0", "--no-memory", "--out", str(out),
+            "--update-md", str(md)]  # fmt: skip
+    assert tool.main(argv) == 0
+    results = json.loads((out / "benchmark.json").read_text())
+    infer = {r["model"]: r for r in results["infer"]}
+    # Calibrated weights: both detectors produce proposals and their full 100 detections.
+    for name in ("tv_r18_fpn", "r18_fpn+fuse"):
+        assert infer[name]["detections"] == [100]
+        assert infer[name]["proposals"][0] > 100
+        assert infer[name]["wall"]["median"] > 0
+    assert [r["model"] for r in results["train"]] == ["r18_fpn"]
+    assert all(r["loss"] > 0 for r in results["train"])
+    bb = results["backbone"]
+    assert bb["gemm_gflops_per_s"] > 0 and all(r["gflop"] > 0.5 for r in bb["rows"])
+    assert results["data"][0]["images_per_s"] > 0
+    assert len(results["profile"]["r18_fpn+fold"]["rows"]) == 10
+    text = (out / "benchmark.md").read_text()
+    assert "| r18_fpn+fuse |" in text and "### Training step" in text and "% of GEMM" in text
+    kept = md.read_text()
+    assert "hand-written notes" in kept and "| r18_fpn+fuse |" in kept
+    # A second update replaces the table instead of appending another one.
+    tool.update_markdown(str(md), "NEW TABLE")
+    assert md.read_text().count("benchmark:start") == 1 and "| r18_fpn+fuse |" not in md.read_text()
+
+
+def test_memory_subprocess_reports_its_own_peak(tmp_path):
+    spec = ModelSpec.parse("r18_fpn")
+    model = calibrated_model(spec, (64, 64))
+    mem = measure_memory(spec, model, "infer", (64, 64), 1, 1, 0, str(tmp_path))
+    assert "error" not in mem, mem
+    # Its own peak, not the (larger) parent's: torch + an R18 detector is a few hundred MB.
+    assert 100 < mem["peak_mb"] < 4000 and 0 <= mem["work_mb"] < mem["peak_mb"]
+
+
+def test_targets_are_judged_from_the_rows():
+    row = lambda name, s: {"model": name, "wall": {"median": s}}  # noqa: E731
+    results = {"size": [800, 1333],
+               "infer": [row("tv_r50_fpn", 3.0), row("r50_fpn", 2.5), row("r50_fpn+fuse", 1.9),
+                         row("r50_c4_1000+fuse", 7.0)],
+               "train": [row("tv_r50_fpn", 9.0), row("r50_fpn", 8.0)]}  # fmt: skip
+    got = {t["target"]: (t["measured"], t["status"]) for t in check_targets(results)}
+    assert got["R50-FPN infer throughput >= 1.5x torchvision"] == ("1.58x (r50_fpn+fuse)", "met")
+    assert got["R50-FPN train throughput >= 1.3x torchvision"][1] == "NOT met"
+    assert got["R50-C4 (1000 proposals) inference time <= 2x torchvision R50-FPN"][1] == "NOT met"
+
+
+def test_bf16_autocast_keeps_the_boxes():
+    size = (64, 64)
+    base = calibrated_model(ModelSpec.parse("r18_fpn"), size)
+    inputs = make_inputs(size, 1)
+    dets = {}
+    for name in ("r18_fpn", "r18_fpn+bf16"):
+        runner = Runner(ModelSpec.parse(name), base, "infer", inputs)
+        with torch.inference_mode(), runner._autocast():
+            dets[name] = runner.model(inputs.resdet)[0]
+    ref = {k: v[:10] for k, v in dets["r18_fpn"].items()}  # the 10 best fp32 detections
+    agree = detection_agreement(ref, dets["r18_fpn+bf16"], iou=0.7)
+    # Boxes, not scores: with random (calibrated) weights bf16 rounding moves class scores by
+    # up to ~0.2, but the boxes stay where they were.
+    assert agree["matched"] >= 0.8 and agree["mean_iou"] >= 0.8, agree

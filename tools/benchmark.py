@@ -1,0 +1,118 @@
+"""Time resdet's detectors against torchvision's Faster R-CNN on the same images.
+
+    python tools/benchmark.py                                   # the full benchmark, 800x1333
+    python tools/benchmark.py --size 320 320 --models tv_r18_fpn,r18_fpn,r18_fpn+fold \\
+        --train-models tv_r18_fpn,r18_fpn --modes infer,train --repeats 3
+    python tools/benchmark.py --modes infer --compile           # + torch.compile variants
+    python tools/benchmark.py --update-md BENCHMARKS.md         # refresh the kept table
+
+Models are ``base[+mod...]``: bases r18_fpn, r50_fpn, r101_fpn, r18_c4, r50_c4 (300 test
+proposals), r50_c4_1000, r101_c4 and torchvision's tv_r18_fpn, tv_r50_fpn, tv_r101_fpn;
+modifiers fold (BN folded), cl (channels_last), bf16 (autocast), compile (torch.compile of
+the backbone). Writes ``benchmark.json`` and ``benchmark.md`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+
+try:
+    import resdet  # noqa: F401
+except ImportError:  # run from a checkout without installing: put the repo root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from resdet.utils.benchmark_modes import MODES
+from resdet.utils.benchmark_report import (
+    BenchOptions,
+    render_markdown,
+    run_benchmark,
+    write_outputs,
+)
+
+START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+
+
+def _list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def update_markdown(path: str, table: str) -> None:
+    """Replace the text between the benchmark markers of ``path`` (append them if absent)."""
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
+    block = f"{START}\n{table}\n{END}"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = BenchOptions()
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--size", nargs=2, type=int, default=list(d.size), metavar=("H", "W"))
+    p.add_argument("--models", type=_list, default=d.models, help="comma-separated model names")
+    p.add_argument("--train-models", type=_list, default=d.train_models)
+    p.add_argument("--profile-models", type=_list, default=d.profile_models)
+    p.add_argument("--modes", type=_list, default=d.modes, help=f"subset of {','.join(MODES)}")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed rounds first")
+    p.add_argument("--repeats", type=int, default=d.repeats, help="timed rounds")
+    p.add_argument("--train-repeats", type=int, default=0, help="timed training rounds "
+                   "(default: --repeats)")  # fmt: skip
+    p.add_argument("--batch", type=int, default=d.batch, help="images per training step")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch intra-op threads")
+    p.add_argument("--workers", type=lambda s: [int(x) for x in _list(s)], default=d.workers,
+                   help="data-loader worker counts to time, e.g. 0,2")  # fmt: skip
+    p.add_argument("--compile", action="store_true", help="add torch.compile variants")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--bf16-size", nargs=2, type=int, default=list(d.bf16_size))
+    p.add_argument("--bf16-model", default=d.bf16_model)
+    p.add_argument("--no-bf16-train", action="store_true", help="bf16: time inference only")
+    p.add_argument(
+        "--weights",
+        default=d.weights,
+        help="trained checkpoint for the bf16 AP change (e.g. the demo detector)",
+    )
+    p.add_argument("--ap-images", type=int, default=d.ap_images)
+    p.add_argument("--out", default="output/bench", help="directory for the JSON and markdown")
+    p.add_argument("--update-md", default="", help="also put the table into this markdown file")
+    args = p.parse_args(argv)
+    if min(args.size) <= 0 or args.repeats < 1 or args.warmup < 0:
+        p.error("--size must be positive, --repeats >= 1, --warmup >= 0")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    opts = BenchOptions(
+        size=tuple(args.size), models=args.models, train_models=args.train_models,
+        profile_models=args.profile_models, modes=args.modes, warmup=args.warmup,
+        repeats=args.repeats, train_repeats=args.train_repeats, batch=args.batch,
+        threads=args.threads, workers=args.workers,
+        compile=args.compile, memory=not args.no_memory, bf16_size=tuple(args.bf16_size),
+        bf16_model=args.bf16_model, bf16_train=not args.no_bf16_train, weights=args.weights,
+        ap_images=args.ap_images,
+    )  # fmt: skip
+    try:
+        results = run_benchmark(opts)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    command = "python tools/benchmark.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    json_path, md_path = write_outputs(results, args.out, command.strip())
+    print(render_markdown(results, command.strip()))
+    print(f"wrote {json_path} and {md_path}")
+    if args.update_md:
+        update_markdown(args.update_md, render_markdown(results, command.strip()))
+        print(f"updated {args.update_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
