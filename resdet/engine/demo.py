@@ -1,0 +1,354 @@
+"""``make demo``: the paper's classification-to-detection transfer, end to end, on one CPU.
+
+He et al. 2015 pretrain a ResNet on ImageNet classification and fine-tune it as the trunk of
+Faster R-CNN (Appendix A; Tables 7/8 compare detectors by their pretrained trunk). This module
+replays that pipeline on the embedded shapes dataset (:mod:`resdet.data.shapes`), with no
+download, in a few minutes:
+
+1. ``data``: generate the shapes scenes, their COCO json / VOC xml and the object crops.
+2. ``cls``: pretrain a ResNet classifier on the crops (:func:`resdet.engine.classification.run`).
+3. ``det``: fine-tune Faster R-CNN R-FPN from that classifier (:func:`resdet.engine.detection.run`).
+4. ``scratch``: the same detector from random initialisation, same iterations: the transfer gain.
+5. ``eval``: COCO and VOC evaluation of both detectors on the whole val split.
+6. ``report``: ``REPORT.md`` with the tables and wall times, and the PNGs
+   (:mod:`resdet.engine.demo_report`).
+
+Every step writes into its own folder of ``output`` and is skipped when its outputs are
+complete, so re-running after an interruption resumes: a training step continues from its
+``last_checkpoint``. A step whose settings changed since it ran is started again.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Tuple
+
+from resdet.config.load import ConfigError, config_to_dict, load_config
+from resdet.config.schema import Config
+from resdet.data.catalog import (
+    datasets_root,
+    get_dataset,
+    register_coco_instances,
+    register_dataset,
+)
+from resdet.data.shapes import generate_shapes, shapes_paths, validate_shapes
+from resdet.engine import classification, detection
+from resdet.utils.logging import close_logging, setup_logging
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SCHEDULES", "DemoOptions", "Schedule", "run_demo", "repo_config"]
+
+
+@dataclass
+class Schedule:
+    """One preset of the demo: dataset size and the config overrides of each training run.
+
+    Attributes:
+        num_train, num_val, crop_size: :func:`~resdet.data.shapes.generate_shapes` arguments.
+        cls: ``KEY VALUE`` overrides of ``configs/shapes_cls_r18.yaml``.
+        det: overrides of ``configs/shapes_r18_fpn.yaml``, for both detector runs.
+        scratch: further overrides of the from-scratch run (random init needs trainable,
+            normalised layers: BN instead of frozen BN, no frozen stages).
+        eval_images: val images of the periodic evaluation (``TEST.EVAL_PERIOD`` in ``det``);
+            the final evaluation always uses the whole val split.
+    """
+
+    num_train: int = 1500
+    num_val: int = 300
+    crop_size: int = 64
+    cls: List[str] = field(default_factory=list)
+    det: List[str] = field(default_factory=list)
+    scratch: List[str] = field(default_factory=list)
+    eval_images: int = 50
+
+
+_SCRATCH = [
+    "MODEL.BACKBONE.PRETRAINED", "",
+    "MODEL.BACKBONE.NORM", "BN",
+    "MODEL.BACKBONE.FREEZE_AT", "0",
+]  # fmt: skip
+
+SCHEDULES: Dict[str, Schedule] = {
+    # The configs as they are: sized for `make demo` (< 20 minutes with set-up on 2 cores).
+    "default": Schedule(scratch=list(_SCRATCH)),
+    # A longer detector schedule, aimed at the accuracy targets (AP50 >= 0.90, AP >= 0.60).
+    "long": Schedule(
+        cls=["SOLVER.MAX_ITER", "1500"],
+        det=["SOLVER.MAX_ITER", "2000", "TEST.EVAL_PERIOD", "500"],
+        scratch=list(_SCRATCH),
+        eval_images=100,
+    ),
+    # A smoke test of the whole pipeline in about a minute: tiny data, a few iterations.
+    "quick": Schedule(
+        num_train=16,
+        num_val=8,
+        crop_size=32,
+        cls=[
+            "INPUT.CROP_SIZE", "32", "INPUT.SCALE_RANGE", "[32, 36]", "INPUT.TEST_RESIZE", "32",
+            "SOLVER.IMS_PER_BATCH", "16", "SOLVER.MAX_ITER", "6", "SOLVER.WARMUP_ITERS", "2",
+            "TEST.EVAL_PERIOD", "3", "DATALOADER.NUM_WORKERS", "0", "LOG_PERIOD", "2",
+        ],
+        det=[
+            "MODEL.FPN.OUT_CHANNELS", "16", "MODEL.ROI_HEADS.FC_DIM", "32",
+            "INPUT.MIN_SIZE_TRAIN", "[96]", "INPUT.MAX_SIZE_TRAIN", "128",
+            "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128",
+            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "1",
+            "TEST.EVAL_PERIOD", "2", "DATALOADER.NUM_WORKERS", "0", "LOG_PERIOD", "2",
+        ],
+        scratch=list(_SCRATCH),
+        eval_images=4,
+    ),
+}  # fmt: skip
+
+
+@dataclass
+class DemoOptions:
+    """What :func:`run_demo` does.
+
+    Attributes:
+        output: folder of everything the demo writes (``cls/``, ``det/``, ``det_scratch/``,
+            ``REPORT.md``, PNGs, ``summary.json``).
+        schedule: a key of :data:`SCHEDULES`.
+        data_root: where the shapes dataset is generated; "" is the catalog's
+            ``<RESDET_DATASETS or ./datasets>/shapes`` (``shapes_quick`` for "quick").
+        cls_config, det_config: YAML files; "" picks the repository's shapes configs.
+        cls_opts, det_opts: extra ``KEY VALUE`` overrides, applied after the schedule's
+            (``det_opts`` to both detector runs).
+        scratch: also train the detector from scratch (the transfer comparison).
+        workers: processes generating the dataset.
+        num_vis: val images drawn with predictions and ground truth.
+    """
+
+    output: str = "output/demo"
+    schedule: str = "default"
+    data_root: str = ""
+    cls_config: str = ""
+    det_config: str = ""
+    cls_opts: List[str] = field(default_factory=list)
+    det_opts: List[str] = field(default_factory=list)
+    scratch: bool = True
+    workers: int = 2
+    num_vis: int = 8
+
+
+def repo_config(name: str) -> str:
+    """Path of ``configs/<name>`` in the repository this package was imported from."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(root, "configs", name)
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"{path}: config not found; pass it explicitly (--cls-config/--det-config)"
+        )
+    return path
+
+
+class _Timer:
+    """Wall time per step, kept in ``<output>/timings.json`` so a resumed demo reports the
+    time each skipped step took when it ran."""
+
+    def __init__(self, output: str) -> None:
+        self.path = os.path.join(output, "timings.json")
+        self.steps: Dict[str, Dict[str, Any]] = {}
+        if os.path.isfile(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                self.steps = json.load(f)
+
+    def run(self, name: str, fn: Callable[[], str]) -> None:
+        """Run ``fn() -> status`` ("ran", "resumed" or "skipped") and record its wall time."""
+        t0 = time.perf_counter()
+        status = fn()
+        seconds = time.perf_counter() - t0
+        if status == "skipped" and name in self.steps:
+            self.steps[name]["status"] = "skipped (done before)"
+        else:
+            self.steps[name] = {"seconds": round(seconds, 1), "status": status}
+        with open(self.path, "w", encoding="utf-8") as f:
+            json.dump(self.steps, f, indent=2)
+
+
+def _same_settings(stamp: str, settings: Dict[str, Any]) -> bool:
+    with open(stamp, encoding="utf-8") as f:
+        return json.load(f) == json.loads(json.dumps(settings))
+
+
+def _prepare_step(out: str, settings: Dict[str, Any], done_file: str) -> str:
+    """``"skipped"`` when ``out`` holds a finished step with these settings; otherwise make
+    ``out`` ready for a (resumed) run and return ``"ran"`` or ``"resumed"``.
+
+    ``demo_settings.json`` records the settings a step started with. Different settings
+    mean the old outputs describe another run: the folder is cleared and the step restarts.
+    """
+    stamp = os.path.join(out, "demo_settings.json")
+    if os.path.isfile(stamp):
+        if _same_settings(stamp, settings):
+            if os.path.isfile(os.path.join(out, done_file)):
+                return "skipped"
+            return "resumed"
+        logger.warning("%s was made with other settings: starting that step again", out)
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    with open(stamp, "w", encoding="utf-8") as f:
+        json.dump(settings, f, indent=2)
+    return "ran"
+
+
+def _dataset_names(data_root: str, eval_images: int) -> Tuple[str, str, str]:
+    """Catalog names ``(train, val, periodic-eval subset)`` of the shapes data in ``data_root``.
+
+    The standard ``shapes_*`` names when the data is where the catalog looks; otherwise the
+    demo registers ``demo_shapes_*`` for its folder. The subset is the first ``eval_images``
+    val images (the evaluators score only the images they are given).
+    """
+    catalog_root = os.path.join(datasets_root(), "shapes")
+    train, val = "shapes_train", "shapes_val"
+    if os.path.abspath(data_root) != os.path.abspath(catalog_root):
+        paths = shapes_paths(data_root)
+        train, val = "demo_shapes_train", "demo_shapes_val"
+        for name, split in ((train, "train"), (val, "val")):
+            register_coco_instances(
+                name, paths[f"{split}_json"], paths[f"{split}_images"], overwrite=True
+            )
+    subset = f"{val}_first{eval_images}"
+
+    def load_subset() -> Any:
+        records, meta = get_dataset(val)
+        meta.name = subset
+        return records[:eval_images], meta
+
+    register_dataset(subset, load_subset, overwrite=True)
+    return train, val, subset
+
+
+def build_configs(opts: DemoOptions, data_root: str) -> Tuple[Dict[str, Config], str]:
+    """The resolved configs of the runs and the catalog name of the val split.
+
+    Returns:
+        ``({"cls": ..., "det": ..., "scratch": ...}, val_name)``; "scratch" only with
+        ``opts.scratch``.
+
+    Raises:
+        ConfigError: unknown schedule, unknown or mistyped override, missing config file.
+    """
+    if opts.schedule not in SCHEDULES:
+        raise ConfigError(f"unknown demo schedule '{opts.schedule}'; use {sorted(SCHEDULES)}")
+    sch = SCHEDULES[opts.schedule]
+    paths = shapes_paths(data_root)
+    cls_cfg = load_config(
+        opts.cls_config or repo_config("shapes_cls_r18.yaml"),
+        [
+            *sch.cls,
+            *opts.cls_opts,
+            "DATASETS.CLS_TRAIN", paths["crops_train"],
+            "DATASETS.CLS_TEST", paths["crops_val"],
+            "OUTPUT_DIR", os.path.join(opts.output, "cls"),
+        ],
+    )  # fmt: skip
+    train, val, subset = _dataset_names(data_root, sch.eval_images)
+    det_path = opts.det_config or repo_config("shapes_r18_fpn.yaml")
+
+    def det_config(name: str, extra: List[str]) -> Config:
+        cfg = load_config(
+            det_path,
+            [
+                *sch.det,
+                *opts.det_opts,
+                *extra,
+                "DATASETS.TRAIN", f"[{train}]",
+                "OUTPUT_DIR", os.path.join(opts.output, name),
+            ],
+        )  # fmt: skip
+        # Training scores only a few val images, and only when TEST.EVAL_PERIOD asks for
+        # curves; the whole val split is scored once at the end (step "eval").
+        cfg.DATASETS.TEST = [subset] if cfg.TEST.EVAL_PERIOD > 0 else []
+        return cfg
+
+    weights = os.path.join(cls_cfg.OUTPUT_DIR, "model_final.pth")
+    configs = {"cls": cls_cfg, "det": det_config("det", ["MODEL.BACKBONE.PRETRAINED", weights])}
+    if opts.scratch:
+        configs["scratch"] = det_config("det_scratch", list(sch.scratch))
+    return configs, val
+
+
+def _train(cfg: Config, run_fn: Callable[..., Any]) -> str:
+    """Train as ``cfg`` says unless done already; resume an interrupted run."""
+    status = _prepare_step(cfg.OUTPUT_DIR, config_to_dict(cfg), "model_final.pth")
+    if status != "skipped":
+        run_fn(cfg, resume=True)
+    return status
+
+
+def _evaluate(cfg: Config, val: str) -> str:
+    """Score ``OUTPUT_DIR/model_final.pth`` on the whole val split with the COCO and VOC
+    evaluators (``coco_metrics.json``, ``voc_metrics.json``, ... in ``OUTPUT_DIR/eval``)."""
+    eval_cfg = copy.deepcopy(cfg)
+    eval_cfg.DATASETS.TEST = [val]
+    eval_cfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "eval")
+    weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    settings = {"weights_mtime": os.path.getmtime(weights), **config_to_dict(eval_cfg)}
+    status = _prepare_step(eval_cfg.OUTPUT_DIR, settings, "eval_results.json")
+    if status != "skipped":
+        detection.run(eval_cfg, eval_only=True, weights=weights)
+    return status
+
+
+def run_demo(opts: DemoOptions) -> Dict[str, Any]:
+    """Run the whole demo as ``opts`` says; return the summary also written to
+    ``<output>/summary.json`` (metrics of each run, wall time per step, report paths).
+
+    Raises:
+        ConfigError, DatasetError: bad options, configs or data (the message says which).
+    """
+    from resdet.engine import demo_report  # matplotlib and opencv drawing: only when needed
+
+    sch = SCHEDULES.get(opts.schedule)
+    if sch is None:
+        raise ConfigError(f"unknown demo schedule '{opts.schedule}'; use {sorted(SCHEDULES)}")
+    default_root = "shapes_quick" if opts.schedule == "quick" else "shapes"
+    data_root = opts.data_root or os.path.join(datasets_root(), default_root)
+    os.makedirs(opts.output, exist_ok=True)
+    setup_logging(opts.output)
+    t_start = time.perf_counter()
+    timer = _Timer(opts.output)
+    try:
+        configs, val = build_configs(opts, data_root)
+
+        def data() -> str:
+            args = dict(num_train=sch.num_train, num_val=sch.num_val, crop_size=sch.crop_size)
+            fresh = not validate_shapes(data_root, **args)
+            generate_shapes(data_root, workers=opts.workers, **args)
+            return "ran" if fresh else "skipped"
+
+        steps: List[Tuple[str, Callable[[], str]]] = [
+            ("data", data),
+            ("cls", lambda: _train(configs["cls"], classification.run)),
+            ("det", lambda: _train(configs["det"], detection.run)),
+            ("det_eval", lambda: _evaluate(configs["det"], val)),
+        ]
+        if "scratch" in configs:
+            steps += [
+                ("scratch", lambda: _train(configs["scratch"], detection.run)),
+                ("scratch_eval", lambda: _evaluate(configs["scratch"], val)),
+            ]
+        for name, fn in steps:
+            logger.info("demo step '%s'", name)
+            timer.run(name, fn)
+            setup_logging(opts.output)  # each run closes the log handlers it opened
+
+        def report() -> str:
+            demo_report.write_report(opts, configs, val, timer.steps)
+            return "ran"
+
+        timer.run("report", report)
+        summary = demo_report.summarize(opts, configs, timer.steps, time.perf_counter() - t_start)
+        with open(os.path.join(opts.output, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+        return summary
+    finally:
+        close_logging()
