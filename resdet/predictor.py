@@ -27,7 +27,7 @@ from resdet.data.det_transforms import build_det_transforms
 from resdet.data.image_io import read_image
 from resdet.data.records import DatasetError
 from resdet.engine.checkpoint import load_checkpoint, load_model_weights
-from resdet.engine.classification import resolve_device
+from resdet.engine.runtime import resolve_device
 from resdet.modeling.detection.build import build_detector
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 from typing import Any, Dict, Iterator, List, Tuple
 
 import cv2
@@ -57,6 +56,7 @@ from resdet.engine.hooks import (
     ProgressHook,
 )
 from resdet.engine.optim import build_lr_scheduler, build_optimizer
+from resdet.engine.runtime import resolve_device, seed_everything
 from resdet.engine.trainer import train_loop
 from resdet.evaluation.classification import ClassificationMeter
 from resdet.modeling.classifier import build_classifier
@@ -65,15 +65,6 @@ from resdet.utils.logging import close_logging, setup_logging
 logger = logging.getLogger(__name__)
 
 __all__ = ["build_cls_datasets", "build_cls_transforms", "evaluate_classifier", "run"]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> this rank's GPU when CUDA is available, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(name)
 
 
 def build_cls_transforms(cfg: Config) -> Tuple[Any, Any, Any | None]:
@@ -278,12 +269,6 @@ def evaluate_classifier(
     return {prefix + k: v for k, v in meter.compute().items()}
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def run(
     cfg: Config, resume: bool = False, eval_only: bool = False, weights: str = ""
 ) -> Dict[str, float]:
@@ -322,7 +307,7 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by cuBLAS
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.DETERMINISTIC
-    _seed_everything(cfg.SEED)
+    seed_everything(cfg.SEED)
     require_checkpoint_file(weights, "--weights")
     require_checkpoint_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
     if cfg.DATASETS.ON_ERROR not in ("raise", "skip"):

@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 from typing import Any, Callable, ContextManager, Dict, List, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
@@ -33,7 +31,6 @@ from resdet.engine.checkpoint import (
     load_model_weights,
     require_checkpoint_file,
 )
-from resdet.engine.classification import resolve_device
 from resdet.engine.dist import (
     all_gather_object,
     barrier,
@@ -52,6 +49,7 @@ from resdet.engine.hooks import (
     ProgressHook,
 )
 from resdet.engine.optim import build_lr_scheduler, build_optimizer
+from resdet.engine.runtime import resolve_device, seed_everything
 from resdet.engine.trainer import train_loop
 from resdet.evaluation.coco import COCOEvaluator
 from resdet.evaluation.voc import VOCEvaluator
@@ -173,12 +171,6 @@ def evaluate_detector(
     return all_gather_object(results)[0]
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 # Keys whose value the backbone weights were trained with and the detector must use too:
 # the tensors have the same shapes either way, so a mismatch would train silently wrong.
 _INPUT_CONVENTIONS = (
@@ -272,7 +264,7 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.DETERMINISTIC
-    _seed_everything(cfg.SEED)
+    seed_everything(cfg.SEED)
 
     model = build_detector(cfg).to(device)
     check_sync_bn(model, device, get_world_size())
