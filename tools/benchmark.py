@@ -15,6 +15,7 @@ the backbone). Writes ``benchmark.json`` and ``benchmark.md`` into ``--out``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -28,6 +29,7 @@ except ImportError:  # run from a checkout without installing: put the repo root
 from resdet.utils.benchmark_modes import MODES
 from resdet.utils.benchmark_report import (
     BenchOptions,
+    check_targets,
     render_markdown,
     run_benchmark,
     write_outputs,
@@ -75,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--bf16-size", nargs=2, type=int, default=list(d.bf16_size))
     p.add_argument("--bf16-model", default=d.bf16_model)
-    p.add_argument("--no-bf16-train", action="store_true", help="bf16: time inference only")
+    p.add_argument(
+        "--bf16-train",
+        action="store_true",
+        help="bf16: also time a training step (minutes on CPUs without native bf16)",
+    )
     p.add_argument(
         "--weights",
         default=d.weights,
@@ -83,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--ap-images", type=int, default=d.ap_images)
     p.add_argument("--out", default="output/bench", help="directory for the JSON and markdown")
+    p.add_argument(
+        "--from-json",
+        default="",
+        help="no measuring: re-render a saved benchmark.json (its own command kept)",
+    )
     p.add_argument("--update-md", default="", help="also put the table into this markdown file")
     args = p.parse_args(argv)
     if min(args.size) <= 0 or args.repeats < 1 or args.warmup < 0:
@@ -94,17 +105,26 @@ def main(argv: list[str] | None = None) -> int:
         repeats=args.repeats, train_repeats=args.train_repeats, batch=args.batch,
         threads=args.threads, workers=args.workers,
         compile=args.compile, memory=not args.no_memory, bf16_size=tuple(args.bf16_size),
-        bf16_model=args.bf16_model, bf16_train=not args.no_bf16_train, weights=args.weights,
+        bf16_model=args.bf16_model, bf16_train=args.bf16_train, weights=args.weights,
         ap_images=args.ap_images,
     )  # fmt: skip
-    try:
-        results = run_benchmark(opts)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as f:
+            results = json.load(f)
+        results["targets"] = check_targets(results)
+        write_outputs(results, args.out, results.get("command", ""))
+        if args.update_md:
+            update_markdown(args.update_md, render_markdown(results, results.get("command", "")))
+        print(render_markdown(results, results.get("command", "")))
+        return 0
     command = "python tools/benchmark.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
+    try:
+        results = run_benchmark(opts, lambda r: write_outputs(r, args.out, command.strip()))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     json_path, md_path = write_outputs(results, args.out, command.strip())
     print(render_markdown(results, command.strip()))
     print(f"wrote {json_path} and {md_path}")

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -62,14 +62,20 @@ class BenchOptions:
     memory: bool = True
     bf16_size: Tuple[int, int] = (320, 320)
     bf16_model: str = "r50_fpn"
-    bf16_train: bool = True
+    bf16_train: bool = False  # a bf16 training step without native bf16 takes minutes
     weights: str = ""
     ap_images: int = 50
     seed: int = 0
 
 
-def run_benchmark(opts: BenchOptions) -> Dict[str, Any]:
-    """Run every mode in ``opts.modes``; returns the results dict :func:`render_markdown` reads."""
+def run_benchmark(
+    opts: BenchOptions, on_mode_done: Optional[Callable[[Dict[str, Any]], None]] = None
+) -> Dict[str, Any]:
+    """Run every mode in ``opts.modes``; returns the results dict :func:`render_markdown` reads.
+
+    ``on_mode_done(results)`` is called after each mode with the results so far (the tool
+    writes them, so an interrupted full-size run keeps what it measured).
+    """
     bad = [m for m in opts.modes if m not in MODES]
     if bad:
         raise ValueError(f"unknown mode(s) {bad}; choose from {MODES}")
@@ -105,10 +111,22 @@ def run_benchmark(opts: BenchOptions) -> Dict[str, Any]:
             prof = [ModelSpec.parse(m) for m in opts.profile_models]
             out["profile"] = profile_inference(prof, size, seed=opts.seed)
         elif mode == "bf16":
-            out["bf16"] = bench_bf16(ModelSpec.parse(opts.bf16_model), tuple(opts.bf16_size),
-                                     train=opts.bf16_train, weights=opts.weights,
-                                     ap_images=opts.ap_images, seed=opts.seed)  # fmt: skip
+            # One untimed-warm-up-free run each: emulated bf16 takes minutes per call.
+            out["bf16"] = bench_bf16(
+                ModelSpec.parse(opts.bf16_model),
+                tuple(opts.bf16_size),
+                warmup=0,
+                repeats=1,
+                train=opts.bf16_train,
+                weights=opts.weights,
+                ap_images=opts.ap_images,
+                seed=opts.seed,
+            )
         out.setdefault("mode_seconds", {})[mode] = time.perf_counter() - t0
+        if on_mode_done is not None:
+            out["machine"]["loadavg_end"] = list(os.getloadavg())
+            out["targets"] = check_targets(out)
+            on_mode_done(out)
     out["total_seconds"] = time.perf_counter() - t_start
     out["machine"]["loadavg_end"] = list(os.getloadavg())
     out["targets"] = check_targets(out)
@@ -145,11 +163,13 @@ def check_targets(results: Dict[str, Any]) -> List[Dict[str, str]]:
             out.append({"target": f"R50-FPN {mode} throughput >= {goal}x torchvision" + note,
                         "measured": f"{speed:.2f}x ({rd['model']})",
                         "status": _verdict(speed >= goal)})  # fmt: skip
-        if tv and rd and "memory" in tv and "memory" in rd and "peak_mb" in rd["memory"]:
+        # Memory: the fastest variant that was measured (compiled ones are not).
+        rd = _best([r for r in rows if "peak_mb" in r.get("memory", {})], "r50_fpn")
+        if tv and rd and "peak_mb" in tv.get("memory", {}):
             mine, theirs = rd["memory"]["peak_mb"], tv["memory"]["peak_mb"]
             out.append({"target": f"R50-FPN {mode} peak memory <= torchvision's" + note,
-                        "measured": f"{mine:.0f} MB vs {theirs:.0f} MB",
-                        "status": _verdict(mine <= theirs * 1.02)})  # fmt: skip
+                        "measured": f"{mine:.0f} MB vs {theirs:.0f} MB ({rd['model']})",
+                        "status": _verdict(mine <= theirs)})  # fmt: skip
     rows = results.get("infer") or []
     tv, c4 = _row(rows, "tv_r50_fpn"), _best(rows, "r50_c4_1000")
     if tv and c4:

@@ -66,6 +66,11 @@ def test_harness_tiny_run_writes_json_and_markdown(tmp_path):
     assert "| r18_fpn+fuse |" in text and "### Training step" in text and "% of GEMM" in text
     kept = md.read_text()
     assert "hand-written notes" in kept and "| r18_fpn+fuse |" in kept
+    # Re-rendering a saved JSON measures nothing and keeps the original command.
+    assert (
+        tool.main(["--from-json", str(out / "benchmark.json"), "--out", str(tmp_path / "re")]) == 0
+    )
+    assert "--size 128 128" in (tmp_path / "re" / "benchmark.md").read_text()
     # A second update replaces the table instead of appending another one.
     tool.update_markdown(str(md), "NEW TABLE")
     assert md.read_text().count("benchmark:start") == 1 and "| r18_fpn+fuse |" not in md.read_text()
