@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cls-opts", nargs="*", default=[], help="classifier KEY VALUE ...")
     parser.add_argument("--det-opts", nargs="*", default=[], help="detector KEY VALUE ...")
     parser.add_argument("--no-scratch", action="store_true", help="skip the from-scratch run")
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="train the from-scratch detector after the others, not in a second process",
+    )
     parser.add_argument("--workers", type=int, default=2, help="data generation processes")
     parser.add_argument("--num-vis", type=int, default=8, help="val images to draw")
     args = parser.parse_args(argv)
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         cls_opts=args.cls_opts,
         det_opts=args.det_opts,
         scratch=not args.no_scratch,
+        parallel=not args.sequential,
         workers=args.workers,
         num_vis=args.num_vis,
     )

@@ -207,18 +207,18 @@ def draw_val_images(configs: Dict[str, Config], val: str, num: int, output: str)
         return None
     preds = {name: _predict(configs[name], records) for name in RUN_LABELS if name in configs}
     names = meta.class_names
-    panels = []
+    groups = []
     for rec in records:
         img = read_image(rec.file_name)
-        panels.append(
+        panels = [
             _panel(
                 img,
-                f"ground truth ({len(rec.boxes)})",
+                f"ground truth ({len(rec.boxes)} objects)",
                 lambda im, s, r=rec: draw_detections(
                     im, r.boxes * s, r.labels, class_names=names, dashed=True
                 ),
             )
-        )
+        ]
         for name, by_id in preds.items():
             d = by_id[int(rec.image_id)]
             keep = d["scores"] >= VIS_SCORE
@@ -231,8 +231,10 @@ def draw_val_images(configs: Dict[str, Config], val: str, num: int, output: str)
                     ),
                 )
             )
+        groups.append(tile_images(panels, cols=len(panels), pad=3))
     path = os.path.join(output, "val_detections.png")
-    save_image(path, tile_images(panels, cols=2 * (1 + len(preds))))  # two images per row
+    # Two images per row, with a wide gap between them so the triplets read as units.
+    save_image(path, tile_images(groups, cols=2, pad=24))
     return path
 
 
@@ -262,10 +264,13 @@ def _steps_table(
     for name, init in (("det", "from the classifier"), ("scratch", "from random init")):
         if name in configs:
             d = configs[name]
+            b = d.MODEL.BACKBONE
+            frozen = {0: "nothing frozen", 1: "stem frozen"}.get(
+                b.FREEZE_AT, f"stem..res{b.FREEZE_AT} frozen"
+            )
             what[name] = (
-                f"trained Faster R-CNN R{d.MODEL.BACKBONE.DEPTH}-FPN {init} "
-                f"(norm {d.MODEL.BACKBONE.NORM}, frozen up to stage {d.MODEL.BACKBONE.FREEZE_AT}): "
-                f"{d.SOLVER.MAX_ITER} iterations x {d.SOLVER.IMS_PER_BATCH} images, "
+                f"trained Faster R-CNN R{b.DEPTH}-FPN (width {b.WIDTH}) {init} ({b.NORM}, "
+                f"{frozen}): {d.SOLVER.MAX_ITER} iterations x {d.SOLVER.IMS_PER_BATCH} images, "
                 f"{d.SOLVER.OPTIMIZER} lr {d.SOLVER.BASE_LR:g} {d.SOLVER.LR_SCHEDULER}"
             )
             what[f"{name}_eval"] = (
@@ -320,9 +325,18 @@ def _results_tables(configs: Dict[str, Config], val_info: str) -> List[str]:
 
 
 def write_report(
-    opts: Any, configs: Dict[str, Config], val: str, steps: Dict[str, Dict[str, Any]]
+    opts: Any,
+    configs: Dict[str, Config],
+    val: str,
+    steps: Dict[str, Dict[str, Any]],
+    wall: float,
 ) -> str:
-    """Draw the PNGs and write ``REPORT.md`` into ``opts.output``; returns its path."""
+    """Draw the PNGs and write ``REPORT.md`` into ``opts.output``; returns its path.
+
+    Args:
+        steps: ``{step: {"seconds", "status"}}`` of this and earlier invocations.
+        wall: seconds this invocation has run so far (the steps may overlap).
+    """
     out = opts.output
     pictures = [
         plot_curves(
@@ -341,7 +355,13 @@ def write_report(
     data_root = os.path.dirname(os.path.dirname(configs["cls"].DATASETS.CLS_TRAIN))
     data = _read_json(os.path.join(data_root, "meta.json"))
     m = machine_info()
-    total = sum(float(s.get("seconds", 0.0)) for s in steps.values())
+    parallel = getattr(opts, "parallel", False) and "scratch" in configs
+    how = (
+        "one thread per process; the from-scratch chain (scratch, scratch_eval) ran in a second "
+        "process alongside cls -> det -> det_eval"
+        if parallel
+        else f"{m['torch_threads']} thread(s), one step after the other"
+    )
     val_counts = data.get("counts", {}).get("val", {})
     n_img, n_obj = val_counts.get("images", "?"), val_counts.get("objects", "?")
     val_info = f"{val} ({n_img} images, {n_obj} objects)"
@@ -354,10 +374,11 @@ def write_report(
         "trained from scratch for the same iterations.",
         "",
         f"- schedule: `{opts.schedule}`; written {datetime.datetime.now():%Y-%m-%d %H:%M}",
-        f"- machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} with "
-        f"{m['torch_threads']} threads, fp32, no GPU",
-        f"- total wall time of the steps: {_fmt_seconds(total)} (set-up of the environment "
-        "not included)",
+        f"- machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, no GPU; torch {m['torch']}, "
+        f"fp32, {how}",
+        f"- wall time of this run: {_fmt_seconds(wall)} before this report (the environment's "
+        "set-up not included; steps done in an earlier run are skipped and keep their time "
+        "below)",
         "",
         "## Steps",
         "",

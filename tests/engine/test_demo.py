@@ -14,6 +14,7 @@ import pytest
 
 from resdet.config import ConfigError
 from resdet.engine.demo import DemoOptions, build_configs, run_demo
+from resdet.engine.demo_steps import Background, prepare_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = ("data", "cls", "det", "det_eval", "scratch", "scratch_eval", "report")
@@ -89,7 +90,7 @@ def test_quick_demo_writes_report_and_resumes(tmp_path):
     # Re-running resumes: every finished step is skipped, its earlier wall time kept.
     again = run_demo(opts)
     for step in STEPS[:-1]:
-        assert again["steps"][step]["status"] == "skipped (done before)", step
+        assert again["steps"][step]["status"] == "done before", step
         assert again["steps"][step]["seconds"] == summary["steps"][step]["seconds"]
     assert again["pretrained"] == summary["pretrained"]
 
@@ -124,3 +125,21 @@ def test_tool_rejects_quick_with_long():
     spec.loader.exec_module(tool)
     with pytest.raises(SystemExit):
         tool.main(["--quick", "--long"])
+
+
+def test_prepare_step_skips_resumes_and_restarts(tmp_path):
+    out = str(tmp_path / "step")
+    assert prepare_step(out, {"lr": 0.1}, "done.txt") == "ran"
+    (tmp_path / "step" / "checkpoint").write_text("partial")
+    assert prepare_step(out, {"lr": 0.1}, "done.txt") == "resumed"  # no marker yet
+    (tmp_path / "step" / "done.txt").write_text("")
+    assert prepare_step(out, {"lr": 0.1}, "done.txt") == "skipped"
+    # Other settings: the old outputs are removed and the step starts again.
+    assert prepare_step(out, {"lr": 0.2}, "done.txt") == "ran"
+    assert sorted(os.listdir(out)) == ["demo_settings.json"]
+
+
+def test_background_raises_the_child_error_in_the_parent():
+    # The value path runs in the quick demo (the from-scratch chain); one spawn is enough here.
+    with pytest.raises(ValueError, match="invalid literal"):
+        Background(int, "seven", name="bad").result()

@@ -1,0 +1,125 @@
+"""Resumable steps for the demo (:mod:`resdet.engine.demo`): skip what is done, time what runs,
+and run one chain of steps in a second process.
+
+A step owns a folder. ``demo_settings.json`` in it records the settings the step started
+with; a file the step writes last (``model_final.pth``, ``eval_results.json``) marks it done.
+Same settings and the marker present: skipped. Same settings, no marker: resumed (training
+continues from ``last_checkpoint``). Other settings: the folder is cleared and the step runs
+again, so outputs never mix two configurations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import queue
+import shutil
+import time
+from typing import Any, Callable, Dict
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Background", "StepTimer", "prepare_step"]
+
+
+class StepTimer:
+    """Wall time per step, kept in ``<output>/timings.json`` (when ``output`` is given) so a
+    resumed demo reports the time each skipped step took when it ran."""
+
+    def __init__(self, output: str | None) -> None:
+        self.path = os.path.join(output, "timings.json") if output else None
+        self.steps: Dict[str, Dict[str, Any]] = {}
+        if self.path and os.path.isfile(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                self.steps = json.load(f)
+
+    def run(self, name: str, fn: Callable[[], str]) -> None:
+        """Run ``fn() -> status`` ("ran", "resumed" or "skipped") and record its wall time."""
+        t0 = time.perf_counter()
+        status = fn()
+        seconds = time.perf_counter() - t0
+        if status == "skipped" and name in self.steps:
+            self.steps[name]["status"] = "done before"
+        else:
+            self.steps[name] = {"seconds": round(seconds, 1), "status": status}
+        self.save()
+
+    def save(self) -> None:
+        if self.path:
+            with open(self.path, "w", encoding="utf-8") as f:
+                json.dump(self.steps, f, indent=2)
+
+
+def _same_settings(stamp: str, settings: Dict[str, Any]) -> bool:
+    with open(stamp, encoding="utf-8") as f:
+        return json.load(f) == json.loads(json.dumps(settings))
+
+
+def prepare_step(out: str, settings: Dict[str, Any], done_file: str) -> str:
+    """``"skipped"`` when ``out`` holds a finished step with these settings; otherwise make
+    ``out`` ready for a (resumed) run and return ``"ran"`` or ``"resumed"``.
+
+    ``demo_settings.json`` records the settings a step started with. Different settings
+    mean the old outputs describe another run: the folder is cleared and the step restarts.
+    """
+    stamp = os.path.join(out, "demo_settings.json")
+    if os.path.isfile(stamp):
+        if _same_settings(stamp, settings):
+            if os.path.isfile(os.path.join(out, done_file)):
+                return "skipped"
+            return "resumed"
+        logger.warning("%s was made with other settings: starting that step again", out)
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    with open(stamp, "w", encoding="utf-8") as f:
+        json.dump(settings, f, indent=2)
+    return "ran"
+
+
+def _child_main(results: Any, fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        results.put(("ok", fn(*args)))
+    except BaseException as e:  # noqa: BLE001 -- every failure goes back to the parent
+        results.put(("error", e))
+
+
+class Background:
+    """``fn(*args)`` in a spawned process (spawn, not fork: the parent holds torch threads,
+    which fork can deadlock). Not daemonic, as its DataLoaders start worker processes.
+
+    Args:
+        fn: a module-level function (it is pickled by name); its return value and any
+            exception it raises must pickle.
+        name: what the process does, for error messages.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, name: str = "background") -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.name = name
+        self.results = ctx.Queue()
+        self.proc = ctx.Process(target=_child_main, args=(self.results, fn, *args), daemon=False)
+        self.proc.start()
+
+    def result(self) -> Any:
+        """Wait for the process: its return value, or the exception it raised, raised here."""
+        while True:
+            try:
+                kind, value = self.results.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self.proc.is_alive() and self.results.empty():
+                    raise RuntimeError(
+                        f"{self.name}: the process died (exit code {self.proc.exitcode})"
+                    ) from None
+        self.proc.join()
+        if kind == "error":
+            raise value
+        return value
+
+    def stop(self) -> None:
+        """End the process if it still runs (the demo failed or was interrupted)."""
+        if self.proc.is_alive():
+            self.proc.terminate()
+        self.proc.join()
