@@ -27,6 +27,7 @@ from resdet.data.det_transforms import build_det_transforms
 from resdet.data.image_io import read_image
 from resdet.data.records import DatasetError
 from resdet.engine.checkpoint import load_checkpoint, load_model_weights
+from resdet.engine.detection import inference_model
 from resdet.engine.runtime import resolve_device
 from resdet.modeling.detection.build import build_detector
 
@@ -225,6 +226,9 @@ class Predictor:
                 "checkpoint? Detector weights come from tools/train_det.py."
             )
         self.model = model.to(self.device).eval()
+        # What __call__ runs: a folded (and on CPU fused) copy with TEST.FAST_INFERENCE;
+        # ``model`` stays the plain module (tools/export.py traces it).
+        self.inference_model = inference_model(self.model, cfg)
         self.class_names, self.category_ids = resolve_class_names(cfg, ckpt.get("extra"))
         self.transform = build_det_transforms(
             cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, 0.0, is_train=False
@@ -241,7 +245,7 @@ class Predictor:
     def __call__(self, image: Any) -> Detections:
         """Detect objects in one image (path, PIL image or array; see :func:`to_rgb_uint8`)."""
         tensor, (h, w) = self.preprocess(image)
-        (det,) = self.model([{"image": tensor, "orig_size": (h, w)}])
+        (det,) = self.inference_model([{"image": tensor, "orig_size": (h, w)}])
         return Detections(
             boxes=det["boxes"].float().cpu().numpy().reshape(-1, 4),
             scores=det["scores"].float().cpu().numpy(),

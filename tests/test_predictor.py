@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from resdet.config import config_to_dict, load_config
 from resdet.data.records import DatasetError
@@ -78,6 +79,22 @@ def test_detections_come_back_in_original_pixels(checkpoint):
     x1, y1, x2, y2 = dets.boxes[0]
     assert coco[0]["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=0.01)
     assert coco[0]["category_id"] == dets.labels[0] + 1 and coco[0]["image_id"] == 7
+
+
+def test_fast_inference_copy_is_what_runs_and_can_be_switched_off(checkpoint):
+    path, _ = checkpoint
+    fast = Predictor(None, path, score_thresh=0.2)
+    plain = Predictor(None, path, score_thresh=0.2, overrides=["TEST.FAST_INFERENCE", "False"])
+    assert plain.inference_model is plain.model
+    assert fast.inference_model is not fast.model
+    # The copy has BN folded away; the plain model (the one export traces) keeps its norms.
+    norms = (torch.nn.BatchNorm2d, FrozenBatchNorm2d)
+    assert not any(isinstance(m, norms) for m in fast.inference_model.modules())
+    assert any(isinstance(m, norms) for m in fast.model.modules())
+    a, b = fast(_image(120, 200, seed=3)), plain(_image(120, 200, seed=3))
+    assert len(a) == len(b) > 0
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-2)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
 
 
 def test_any_image_mode(checkpoint, tmp_path):

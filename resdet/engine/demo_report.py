@@ -32,7 +32,7 @@ from resdet.data.catalog import get_dataset
 from resdet.data.image_io import read_image
 from resdet.data.records import DetectionRecord
 from resdet.engine.checkpoint import load_model_weights
-from resdet.engine.detection import build_test_loader, run_inference
+from resdet.engine.detection import build_test_loader, inference_model, run_inference
 from resdet.modeling.detection.build import build_detector
 from resdet.utils.plots import plot_curves, read_metrics
 from resdet.utils.visualization import draw_detections, save_image, tile_images
@@ -194,7 +194,8 @@ def _panel(image: np.ndarray, title: str, draw: Any) -> np.ndarray:
 def _predict(cfg: Config, records: List[DetectionRecord]) -> Dict[int, Dict[str, np.ndarray]]:
     model = build_detector(cfg)
     load_model_weights(model, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), log=False)
-    dets = run_inference(model, build_test_loader(cfg, records), contextlib.nullcontext, "pictures")
+    loader = build_test_loader(cfg, records)
+    dets = run_inference(inference_model(model, cfg), loader, contextlib.nullcontext, "pictures")
     return {int(d["image_id"]): d for d in dets}
 
 

@@ -53,6 +53,7 @@ from resdet.engine.runtime import resolve_device, seed_everything
 from resdet.engine.trainer import train_loop
 from resdet.evaluation.coco import COCOEvaluator
 from resdet.evaluation.voc import VOCEvaluator
+from resdet.layers.fold import fold_frozen_bn_training_, inference_copy
 from resdet.modeling.detection.build import build_detector
 from resdet.modeling.detection.faster_rcnn import FasterRCNN
 from resdet.utils.logging import close_logging, setup_logging
@@ -134,6 +135,22 @@ def run_inference(
     finally:
         model.train(was_training)
     return out
+
+
+def inference_model(model: nn.Module, cfg: Config) -> nn.Module:
+    """The model to run evaluation and inference with.
+
+    With ``TEST.FAST_INFERENCE`` (the default) an eval-mode copy of ``model`` with BN folded
+    into the convolutions and, on CPU, conv + bias + ReLU (+ residual add) fused into single
+    oneDNN calls and (``TEST.WINOGRAD``) 3x3 convolutions run as Winograd convolutions
+    (:func:`resdet.layers.fold.inference_copy`); it gives the same detections within float
+    rounding. ``model`` itself is left as it is (it may be training).
+    """
+    if not cfg.TEST.FAST_INFERENCE:
+        return model
+    param = next(model.parameters(), None)
+    on_cpu = param is None or param.device.type == "cpu"
+    return inference_copy(model, fuse=on_cpu, winograd=on_cpu and cfg.TEST.WINOGRAD)
 
 
 def evaluate_detector(
@@ -276,7 +293,7 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
     amp_ctx = autocast_factory(device.type, amp.ENABLED, amp.DTYPE)
 
     def evaluate() -> Dict[str, float]:
-        return evaluate_detector(model, cfg, test_sets, amp_ctx, out)
+        return evaluate_detector(inference_model(model, cfg), cfg, test_sets, amp_ctx, out)
 
     if eval_only:
         source = weights or cfg.MODEL.WEIGHTS or checkpointer.last_checkpoint()
@@ -308,6 +325,9 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
         _load_initial_weights(model, cfg, weights)
 
     check_same_on_all_ranks(start_iter, "the iteration to start from")
+    if cfg.SOLVER.FOLD_FROZEN_BN:
+        n = fold_frozen_bn_training_(model)
+        logger.info("frozen BN applied to the weights of %d convolutions (SOLVER.FOLD_FROZEN_BN)", n)
     train_model: nn.Module = model
     if get_world_size() > 1:
         ids = [device.index] if device.type == "cuda" else None

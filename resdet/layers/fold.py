@@ -131,7 +131,11 @@ def fold_frozen_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
 
 
 def inference_copy(
-    model: nn.Module, fold: bool = True, fuse: bool = False, channels_last: bool = False
+    model: nn.Module,
+    fold: bool = True,
+    fuse: bool = False,
+    channels_last: bool = False,
+    winograd: bool = False,
 ) -> nn.Module:
     """An eval-mode copy of ``model`` for fast inference; ``model`` itself is left untouched.
 
@@ -140,6 +144,8 @@ def inference_copy(
         fuse: also run conv + bias + ReLU (+ residual add) as single oneDNN calls in
             channels_last (:func:`resdet.layers.fuse.fuse_for_inference`; implies ``fold``).
             The fastest CPU path measured in ``BENCHMARKS.md``.
+        winograd: with ``fuse``, 3x3 stride-1 convolutions run as NNPACK Winograd
+            convolutions where available (:mod:`resdet.layers.fuse`).
         channels_last: NHWC activations and weights without fusing. Also sets
             ``model.channels_last`` when the model has it (resdet's ``FasterRCNN`` then
             converts its input batch, so every convolution sees NHWC).
@@ -149,7 +155,7 @@ def inference_copy(
     if fuse:
         from resdet.layers.fuse import fuse_for_inference
 
-        model = fuse_for_inference(model)
+        model = fuse_for_inference(model, winograd=winograd)
     elif channels_last:
         model = model.to(memory_format=torch.channels_last)
         if hasattr(model, "channels_last"):

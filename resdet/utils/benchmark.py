@@ -8,7 +8,8 @@ What is compared (``BENCHMARKS.md`` has the latest numbers and the command that 
   ``tv_r50_fpn``, ``tv_r101_fpn``. Modifiers (resdet only): ``fold`` (frozen BN folded into the
   convolutions, :mod:`resdet.layers.fold`; in training folded on the fly, same parameters and
   keys), ``fuse`` (folded, then conv + bias + ReLU + residual
-  add as single oneDNN calls in channels_last, :mod:`resdet.layers.fuse`), ``cl``
+  add as single oneDNN calls in channels_last, :mod:`resdet.layers.fuse`), ``wino`` (fused,
+  and 3x3 stride-1 convolutions as NNPACK Winograd convolutions), ``cl``
   (channels_last), ``bf16`` (CPU/CUDA
   autocast), ``compile`` (``torch.compile`` of the backbone with inductor weight freezing;
   inference only, its compile time reported separately).
@@ -74,8 +75,8 @@ RESDET_MODELS: Dict[str, Tuple[str, List[str]]] = {
     "r101_c4": ("coco_r101.yaml", []),
 }
 TV_MODELS = {"tv_r18_fpn": 18, "tv_r50_fpn": 50, "tv_r101_fpn": 101}
-MODIFIERS = ("fold", "fuse", "cl", "bf16", "compile")
-TRAIN_ONLY_INVALID = ("fuse", "compile")  # inference-only fast paths
+MODIFIERS = ("fold", "fuse", "wino", "cl", "bf16", "compile")
+TRAIN_ONLY_INVALID = ("fuse", "wino", "compile")  # inference-only fast paths
 
 
 @dataclass
@@ -99,7 +100,7 @@ class ModelSpec:
         bad = [m for m in mods if m not in MODIFIERS]
         if bad:
             raise ValueError(f"unknown modifier(s) {bad} in '{name}'; choose from {MODIFIERS}")
-        if "fuse" in mods and "compile" in mods:
+        if {"fuse", "wino"} & set(mods) and "compile" in mods:
             raise ValueError(
                 f"'{name}': compile the folded model ('+fold+compile'); inductor "
                 "does its own fusion and cannot trace the hand-fused modules"
@@ -264,10 +265,11 @@ class Runner:
             raise ValueError(f"{spec.name}: {TRAIN_ONLY_INVALID} are inference-only modifiers")
         cl = "cl" in spec.mods
         if mode == "infer":
-            if "fold" in spec.mods or "fuse" in spec.mods:
+            fuse = bool({"fuse", "wino"} & set(spec.mods))
+            if "fold" in spec.mods or fuse:
                 model = fold_frozen_bn(model, inplace=True)
-            if "fuse" in spec.mods:
-                model = fuse_for_inference(model)
+            if fuse:
+                model = fuse_for_inference(model, winograd="wino" in spec.mods)
             model.eval()
         else:
             if "fold" in spec.mods:  # on the fly: same parameters and keys, trains as before

@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from test_fold import assert_same_detections, tiny_detector
 
 from resdet.layers.fold import fold_frozen_bn, inference_copy
-from resdet.layers.fuse import FusedBlock, FusedConv2d, fuse_for_inference, mkldnn_fusion_available
+from resdet.layers.fuse import (
+    FusedBlock,
+    FusedConv2d,
+    fuse_for_inference,
+    mkldnn_fusion_available,
+    winograd_available,
+)
 from resdet.modeling.backbone.resnet import BasicBlock, Bottleneck
 
 PATHS = ["fused", "fallback"] if mkldnn_fusion_available() else ["fallback"]
@@ -68,3 +74,43 @@ def test_inference_copy_with_fuse_leaves_the_model_alone():
     assert isinstance(model.backbone.bottom_up.layer1[0], BasicBlock)  # R18's, unfused
     with torch.inference_mode():
         assert_same_detections(model(inputs)[0], fast(inputs)[0], atol=1e-4)
+
+
+needs_winograd = pytest.mark.skipif(
+    not (winograd_available() and mkldnn_fusion_available()),
+    reason="NNPACK Winograd convolution not available in this torch build / CPU",
+)
+
+
+@needs_winograd
+@pytest.mark.parametrize("relu,residual", [(True, False), (False, True), (True, True)])
+def test_winograd_conv_matches_plain_ops(relu, residual):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(32, 48, 3, padding=1)
+    x = torch.randn(2, 32, 19, 23).contiguous(memory_format=torch.channels_last)
+    ref = conv(x)
+    other = torch.randn_like(ref) if residual else None
+    ref = ref + other if residual else ref
+    ref = F.relu(ref) if relu else ref
+    fused = FusedConv2d(conv, relu, winograd=True)
+    assert fused.winograd and "winograd" in repr(fused)
+    with torch.inference_mode():
+        out = fused(x, other)
+    torch.testing.assert_close(out, ref.detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_is_only_used_where_it_applies():
+    strided = FusedConv2d(nn.Conv2d(32, 32, 3, stride=2, padding=1), relu=False, winograd=True)
+    narrow = FusedConv2d(nn.Conv2d(3, 32, 3, padding=1), relu=False, winograd=True)
+    pointwise = FusedConv2d(nn.Conv2d(32, 32, 1), relu=False, winograd=True)
+    assert not (strided.winograd or narrow.winograd or pointwise.winograd)
+
+
+@needs_winograd
+@pytest.mark.parametrize("kind", ["fpn", "c4"])
+def test_winograd_detector_gives_the_same_detections(kind):
+    model, inputs = tiny_detector(kind)
+    fast = inference_copy(model, fuse=True, winograd=True)
+    assert any(getattr(m, "winograd", False) for m in fast.modules())
+    with torch.inference_mode():
+        assert_same_detections(model(inputs)[0], fast(inputs)[0], atol=1e-3)

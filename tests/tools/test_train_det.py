@@ -84,6 +84,33 @@ def test_train_then_eval(tiny, tmp_path) -> None:
     assert results["coco/AP"] == pytest.approx(trained["AP"], abs=1e-6)
     assert 0.0 <= results["voc/mAP07"] <= 1.0
 
+    # Both ran the folded + fused inference copy (TEST.FAST_INFERENCE); the plain model agrees.
+    plain = tmp_path / "plain"
+    r = _run(["tools/eval_det.py", "--config", cfg, "--weights", weights,
+              "OUTPUT_DIR", str(plain), "TEST.FAST_INFERENCE", "False"], env)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    slow = json.loads((plain / "eval_results.json").read_text())
+    for key in ("coco/AP", "coco/AP50", "voc/mAP07"):
+        assert slow[key] == pytest.approx(results[key], abs=2e-3), key
+
+
+def test_training_with_frozen_bn_folded_matches_the_plain_model(tiny, tmp_path) -> None:
+    cfg, env = tiny
+    losses = {}
+    for fold in ("True", "False"):
+        out = tmp_path / fold
+        args = ["tools/train_det.py", "--config", cfg, "OUTPUT_DIR", str(out),
+                "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "[]", "SOLVER.FOLD_FROZEN_BN", fold]  # fmt: skip
+        r = _run(args, env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        log = (out / "log.txt").read_text()
+        assert ("frozen BN applied to the weights of" in log) == (fold == "True")
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[fold] = [x for x in lines if "loss" in x][-1]
+    # Same parameters, same data: two steps give the same losses up to float rounding.
+    for key in ("loss", "loss_rpn_cls", "loss_cls", "loss_box_reg"):
+        assert losses["True"][key] == pytest.approx(losses["False"][key], rel=1e-3, abs=1e-5), key
+
 
 def test_mistyped_key_and_missing_dataset_are_clear_errors(tiny, tmp_path, monkeypatch, capsys):
     cfg, env = tiny
