@@ -327,7 +327,9 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
     check_same_on_all_ranks(start_iter, "the iteration to start from")
     if cfg.SOLVER.FOLD_FROZEN_BN:
         n = fold_frozen_bn_training_(model)
-        logger.info("frozen BN applied to the weights of %d convolutions (SOLVER.FOLD_FROZEN_BN)", n)
+        logger.info(
+            "frozen BN applied to the weights of %d convolutions (SOLVER.FOLD_FROZEN_BN)", n
+        )
     train_model: nn.Module = model
     if get_world_size() > 1:
         ids = [device.index] if device.type == "cuda" else None

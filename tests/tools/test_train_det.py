@@ -99,8 +99,8 @@ def test_training_with_frozen_bn_folded_matches_the_plain_model(tiny, tmp_path) 
     losses = {}
     for fold in ("True", "False"):
         out = tmp_path / fold
-        args = ["tools/train_det.py", "--config", cfg, "OUTPUT_DIR", str(out),
-                "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "[]", "SOLVER.FOLD_FROZEN_BN", fold]  # fmt: skip
+        args = ["tools/train_det.py", "--config", cfg, "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER",
+                "2", "DATASETS.TEST", "[]", "SOLVER.FOLD_FROZEN_BN", fold]  # fmt: skip
         r = _run(args, env)
         assert r.returncode == 0, r.stderr[-3000:]
         log = (out / "log.txt").read_text()
