@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         help="trained checkpoint for the bf16 AP change (e.g. the demo detector)",
     )
     p.add_argument("--ap-images", type=int, default=d.ap_images)
+    p.add_argument(
+        "--ap-dataset",
+        default=d.ap_dataset,
+        help="dataset for the bf16 AP change (default: the checkpoint's DATASETS.TEST)",
+    )
     p.add_argument("--out", default="output/bench", help="directory for the JSON and markdown")
     p.add_argument(
         "--from-json",
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads, workers=args.workers,
         compile=args.compile, memory=not args.no_memory, bf16_size=tuple(args.bf16_size),
         bf16_model=args.bf16_model, bf16_train=args.bf16_train, weights=args.weights,
-        ap_images=args.ap_images,
+        ap_images=args.ap_images, ap_dataset=args.ap_dataset,
     )  # fmt: skip
     if args.from_json:
         with open(args.from_json, encoding="utf-8") as f:

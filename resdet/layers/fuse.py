@@ -67,6 +67,11 @@ def winograd_available() -> bool:
 # Below this many input or output channels the transforms cost more than Winograd saves
 # (measured: 1.1x for a 15-channel output, 2.5-4x from 64 channels up).
 _WINOGRAD_MIN_CHANNELS = 32
+# NNPACK's workspace holds the Winograd transforms of the whole input and output, several
+# times their size (~250 MB for an FPN p2 convolution at 800x1333). Inputs larger than this
+# many elements are convolved in bands of rows, so the workspace stays small and peak memory
+# stays below the plain convolution's.
+_WINOGRAD_BAND_ELEMS = 1 << 22
 
 
 def _winograd_shape(conv: nn.Conv2d) -> bool:
@@ -105,6 +110,8 @@ class FusedConv2d(nn.Module):
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu = relu
         self.winograd = winograd and _winograd_shape(conv) and winograd_available()
+        if self.winograd:  # NNPACK reads NCHW weights
+            self.weight = nn.Parameter(conv.weight.detach().contiguous(), requires_grad=False)
 
     def _fused(self, x: torch.Tensor) -> bool:
         return (
@@ -137,10 +144,23 @@ class FusedConv2d(nn.Module):
         )  # fmt: skip
 
     def _winograd(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
-        # NNPACK reads NCHW; the weight is passed contiguous too (a view of 0.6 M floats at
-        # most is copied per call: small next to the convolution).
-        w = self.weight.contiguous()
-        y = torch._nnpack_spatial_convolution(x.contiguous(), w, self.bias, self.padding)
+        conv = torch._nnpack_spatial_convolution  # NCHW in, NCHW out
+        n, c, h, w = x.shape
+        ph, pw = self.padding
+        out_h, out_w = h + 2 * ph - 2, w + 2 * pw - 2
+        rows = max(1, _WINOGRAD_BAND_ELEMS // (n * c * (w + 2 * pw)))  # output rows per band
+        if rows >= out_h:
+            y = conv(x.contiguous(), self.weight, self.bias, self.padding)
+        else:
+            # Zero padding and the NCHW conversion in one copy, then bands of ``rows`` output
+            # rows, each reading its rows plus the two below (the 3x3 window), unpadded.
+            xp = x.new_zeros(n, c, h + 2 * ph, w + 2 * pw)
+            xp[:, :, ph : ph + h, pw : pw + w] = x
+            y = x.new_empty(n, self.weight.shape[0], out_h, out_w)
+            for r0 in range(0, out_h, rows):
+                r1 = min(r0 + rows, out_h)
+                band = xp[:, :, r0 : r1 + 2].contiguous()
+                y[:, :, r0:r1] = conv(band, self.weight, self.bias, [0, 0])
         if residual is not None:
             y.add_(residual)
         return y.relu_() if self.relu else y

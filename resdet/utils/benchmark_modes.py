@@ -280,9 +280,11 @@ def detection_agreement(
             "max_score_diff": float(diff.max()) if len(diff) else 0.0}  # fmt: skip
 
 
-def coco_ap(weights: str, dtype: Optional[torch.dtype], num_images: int) -> Dict[str, float]:
-    """COCO AP of a trained checkpoint on the first ``num_images`` of its test set, in fp32
-    (``dtype`` None) or under autocast with ``dtype``."""
+def coco_ap(
+    weights: str, dtype: Optional[torch.dtype], num_images: int, dataset: str = ""
+) -> Dict[str, float]:
+    """COCO AP of a trained checkpoint on the first ``num_images`` of ``dataset`` (default:
+    its config's test set), in fp32 (``dtype`` None) or under autocast with ``dtype``."""
     from resdet.config import config_from_dict
     from resdet.engine.checkpoint import load_checkpoint, load_model_weights
     from resdet.engine.detection import evaluate_detector, load_detection_data
@@ -292,7 +294,8 @@ def coco_ap(weights: str, dtype: Optional[torch.dtype], num_images: int) -> Dict
     cfg.DATALOADER.NUM_WORKERS = 0
     model = build_detector(cfg)
     load_model_weights(model, weights, log=False)
-    records, meta = load_detection_data(cfg.DATASETS.TEST, cfg, train=False)
+    names = [dataset] if dataset else cfg.DATASETS.TEST
+    records, meta = load_detection_data(names, cfg, train=False)
     amp = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else contextlib.nullcontext
     with tempfile.TemporaryDirectory() as tmpdir:
         t0 = time.perf_counter()
@@ -302,7 +305,7 @@ def coco_ap(weights: str, dtype: Optional[torch.dtype], num_images: int) -> Dict
 
 def bench_bf16(
     spec: ModelSpec, size: Tuple[int, int], warmup: int = 1, repeats: int = 1, train: bool = True,
-    weights: str = "", ap_images: int = 50, seed: int = 0,
+    weights: str = "", ap_images: int = 50, ap_dataset: str = "", seed: int = 0,
 ) -> Dict[str, Any]:  # fmt: skip
     """bf16 autocast against fp32 for one model at ``size``: speed, detection agreement on the
     benchmark image and, given a trained checkpoint ``weights``, the AP change."""
@@ -325,7 +328,8 @@ def bench_bf16(
     out["agreement"] = detection_agreement(dets[fp.name], dets[bf.name])
     out["detections"] = len(dets[fp.name]["boxes"])
     if weights:
-        ap32, ap16 = coco_ap(weights, None, ap_images), coco_ap(weights, torch.bfloat16, ap_images)
+        ap32 = coco_ap(weights, None, ap_images, ap_dataset)
+        ap16 = coco_ap(weights, torch.bfloat16, ap_images, ap_dataset)
         out["ap"] = {"weights": weights, "images": ap_images, "fp32": ap32, "bf16": ap16,
                      "diff_points": 100 * (ap16["AP"] - ap32["AP"])}  # fmt: skip
     return out

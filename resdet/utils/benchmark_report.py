@@ -65,6 +65,7 @@ class BenchOptions:
     bf16_train: bool = False  # a bf16 training step without native bf16 takes minutes
     weights: str = ""
     ap_images: int = 50
+    ap_dataset: str = ""  # default: the checkpoint's DATASETS.TEST
     seed: int = 0
 
 
@@ -120,6 +121,7 @@ def run_benchmark(
                 train=opts.bf16_train,
                 weights=opts.weights,
                 ap_images=opts.ap_images,
+                ap_dataset=opts.ap_dataset,
                 seed=opts.seed,
             )
         out.setdefault("mode_seconds", {})[mode] = time.perf_counter() - t0

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 # pytest puts this folder on sys.path (rootdir-relative "prepend" import mode).
 from test_fold import assert_same_detections, tiny_detector
 
+import resdet.layers.fuse as fuse_module
 from resdet.layers.fold import fold_frozen_bn, inference_copy
 from resdet.layers.fuse import (
     FusedBlock,
@@ -83,8 +84,11 @@ needs_winograd = pytest.mark.skipif(
 
 
 @needs_winograd
+@pytest.mark.parametrize("banded", [False, True])
 @pytest.mark.parametrize("relu,residual", [(True, False), (False, True), (True, True)])
-def test_winograd_conv_matches_plain_ops(relu, residual):
+def test_winograd_conv_matches_plain_ops(relu, residual, banded, monkeypatch):
+    if banded:  # large inputs run in bands of rows: here bands of 2 rows, the last one of 1
+        monkeypatch.setattr(fuse_module, "_WINOGRAD_BAND_ELEMS", 2 * 2 * 32 * 25)
     torch.manual_seed(0)
     conv = nn.Conv2d(32, 48, 3, padding=1)
     x = torch.randn(2, 32, 19, 23).contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,54 @@
+"""tools/make_model_zoo.py: the measured-here rows come from a finished demo's summary.json."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    spec = importlib.util.spec_from_file_location(
+        "make_model_zoo", os.path.join(ROOT, "tools", "make_model_zoo.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _summary(tmp_path, **extra):
+    det = {"AP": 0.353, "AP50": 0.573, "AP75": 0.39, "VOC07_mAP": 0.569}
+    summary = {
+        "schedule": "default",
+        "wall_seconds": 527.0,
+        "classifier": {"top1_err": 0.148, "top5_err": 0.01},
+        "pretrained": det,
+        "scratch": {"AP": 0.06, "AP50": 0.142, "AP75": 0.04, "VOC07_mAP": 0.166},
+        **extra,
+    }
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))
+    return str(path)
+
+
+def test_demo_rows_come_from_the_recorded_summary(zoo, tmp_path):
+    dest = str(tmp_path / "measured.json")
+    assert any("pending" in row for row in zoo.demo_rows(dest))  # nothing recorded yet
+    zoo.save_demo_results(_summary(tmp_path), dest)
+    rows = "\n".join(zoo.demo_rows(dest))
+    assert "pending" not in rows
+    assert "| shapes_cls_r18 | val top-1 error % (crops) | 14.8 |" in rows
+    assert "35.3 / 57.3 (from scratch: 6.0 / 14.2)" in rows
+    assert "56.9 (from scratch: 16.6)" in rows
+
+
+def test_an_unfinished_summary_is_refused(zoo, tmp_path):
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"schedule": "default", "steps": {}}))
+    with pytest.raises(SystemExit, match="not a finished demo summary"):
+        zoo.save_demo_results(str(path), str(tmp_path / "measured.json"))
