@@ -18,6 +18,9 @@ through NNPACK (``torch._nnpack_spatial_convolution``, AVX2 kernels shipped with
 CPU builds; :func:`winograd_available`). Winograd computes a 3x3 convolution with ~4x fewer
 multiplications, at a rounding error measured ~1e-5 of the output's range. oneDNN's own
 Winograd needs AVX-512; on AVX2 machines this is what makes those compute-bound layers faster.
+The price is memory: NNPACK keeps a workspace as large as the Winograd transforms of the
+largest input and output (~100 MB more peak memory for R50-FPN at 800x1333, see
+``BENCHMARKS.md``).
 
 Only for inference on a folded copy: the fused modules have no autograd formula. Where the
 fused kernel does not apply (no oneDNN, CUDA tensors, autocast, gradients) every module falls
@@ -67,11 +70,9 @@ def winograd_available() -> bool:
 # Below this many input or output channels the transforms cost more than Winograd saves
 # (measured: 1.1x for a 15-channel output, 2.5-4x from 64 channels up).
 _WINOGRAD_MIN_CHANNELS = 32
-# NNPACK's workspace holds the Winograd transforms of the whole input and output, several
-# times their size (~250 MB for an FPN p2 convolution at 800x1333). Inputs larger than this
-# many elements are convolved in bands of rows, so the workspace stays small and peak memory
-# stays below the plain convolution's.
-_WINOGRAD_BAND_ELEMS = 1 << 22
+# Winograd F(6x6, 3x3) computes 6x6 output tiles: on maps smaller than two tiles a side (C4's
+# res5 sees 7x7 RoI maps) most of a tile is padding, so those run as ordinary convolutions.
+_WINOGRAD_MIN_SIZE = 12
 
 
 def _winograd_shape(conv: nn.Conv2d) -> bool:
@@ -144,23 +145,11 @@ class FusedConv2d(nn.Module):
         )  # fmt: skip
 
     def _winograd(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
-        conv = torch._nnpack_spatial_convolution  # NCHW in, NCHW out
-        n, c, h, w = x.shape
-        ph, pw = self.padding
-        out_h, out_w = h + 2 * ph - 2, w + 2 * pw - 2
-        rows = max(1, _WINOGRAD_BAND_ELEMS // (n * c * (w + 2 * pw)))  # output rows per band
-        if rows >= out_h:
-            y = conv(x.contiguous(), self.weight, self.bias, self.padding)
+        if min(x.shape[-2:]) >= _WINOGRAD_MIN_SIZE:  # NCHW in, NCHW out
+            y = torch._nnpack_spatial_convolution(x.contiguous(), self.weight, self.bias,
+                                                  self.padding)  # fmt: skip
         else:
-            # Zero padding and the NCHW conversion in one copy, then bands of ``rows`` output
-            # rows, each reading its rows plus the two below (the 3x3 window), unpadded.
-            xp = x.new_zeros(n, c, h + 2 * ph, w + 2 * pw)
-            xp[:, :, ph : ph + h, pw : pw + w] = x
-            y = x.new_empty(n, self.weight.shape[0], out_h, out_w)
-            for r0 in range(0, out_h, rows):
-                r1 = min(r0 + rows, out_h)
-                band = xp[:, :, r0 : r1 + 2].contiguous()
-                y[:, :, r0:r1] = conv(band, self.weight, self.bias, [0, 0])
+            y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
         if residual is not None:
             y.add_(residual)
         return y.relu_() if self.relu else y

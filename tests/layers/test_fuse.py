@@ -84,14 +84,17 @@ needs_winograd = pytest.mark.skipif(
 
 
 @needs_winograd
-@pytest.mark.parametrize("banded", [False, True])
+@pytest.mark.parametrize("size", [(19, 23), (7, 7)])  # Winograd / small map: plain conv
 @pytest.mark.parametrize("relu,residual", [(True, False), (False, True), (True, True)])
-def test_winograd_conv_matches_plain_ops(relu, residual, banded, monkeypatch):
-    if banded:  # large inputs run in bands of rows: here bands of 2 rows, the last one of 1
-        monkeypatch.setattr(fuse_module, "_WINOGRAD_BAND_ELEMS", 2 * 2 * 32 * 25)
+def test_winograd_conv_matches_plain_ops(relu, residual, size, monkeypatch):
+    calls = []
+    nnpack = torch._nnpack_spatial_convolution
+    monkeypatch.setattr(
+        torch, "_nnpack_spatial_convolution", lambda *a: calls.append(1) or nnpack(*a)
+    )
     torch.manual_seed(0)
     conv = nn.Conv2d(32, 48, 3, padding=1)
-    x = torch.randn(2, 32, 19, 23).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, *size).contiguous(memory_format=torch.channels_last)
     ref = conv(x)
     other = torch.randn_like(ref) if residual else None
     ref = ref + other if residual else ref
@@ -101,6 +104,7 @@ def test_winograd_conv_matches_plain_ops(relu, residual, banded, monkeypatch):
     with torch.inference_mode():
         out = fused(x, other)
     torch.testing.assert_close(out, ref.detach(), rtol=1e-4, atol=1e-4)
+    assert len(calls) == (1 if min(size) >= fuse_module._WINOGRAD_MIN_SIZE else 0)
 
 
 def test_winograd_is_only_used_where_it_applies():
