@@ -203,7 +203,7 @@ def demo_rows(path: str = DEMO_RESULTS) -> list[str]:
     scratch_voc = f" (from scratch: {pct(scr['VOC07_mAP'])})" if scr else ""
     return [
         f"`make demo` schedule `{r['schedule']}` on a 2-core CPU; the detector is fine-tuned "
-        "from the classifier above.",
+        "from the shapes_cls_r18 classifier.",
         "",
         *head,
         f"| shapes_cls_r18 | val top-1 error % (crops) | {pct(r['top1_err'])} |",

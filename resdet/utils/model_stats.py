@@ -136,7 +136,8 @@ def _trunk_rows(resnet: ResNet, macs: Dict[str, int], prefix: str, indent: int) 
 def classifier_stats(model: ResNet, input_size: Tuple[int, int]) -> ModelStats:
     """Stem, res2..res5 (res2..res4 for CIFAR nets) and fc for one ``[1, 3, h, w]`` image."""
     h, w = input_size
-    meta = _meta_copy(model)
+    # eval: a train-mode BN refuses the 1x1 maps a small crop leaves at res5 (batch of one)
+    meta = _meta_copy(model).eval()
     _, macs = count_macs(meta, torch.zeros(1, 3, h, w, device="meta"))
     rows = _trunk_rows(model, macs, "", 0)
     if model.fc is not None:

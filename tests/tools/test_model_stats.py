@@ -172,6 +172,14 @@ def test_model_stats_defaults() -> None:
         model_stats(load_config(None, ["MODEL.ARCH", "detr"]))
 
 
+def test_small_crops_with_batch_norm_are_counted() -> None:
+    # 32x32 crops leave 1x1 maps at res5: counting must not trip a train-mode BN (batch of 1).
+    cfg = load_config(os.path.join(REPO, "configs", "shapes_cls_r18.yaml"))
+    assert cfg.INPUT.CROP_SIZE == 32 and cfg.MODEL.BACKBONE.NORM == "BN"
+    stats = model_stats(cfg)
+    assert stats.input_size == (32, 32) and stats.total_macs > 0
+
+
 def _tool():
     spec = importlib.util.spec_from_file_location(
         "model_stats_tool", os.path.join(REPO, "tools", "model_stats.py")

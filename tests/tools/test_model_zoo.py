@@ -52,3 +52,8 @@ def test_an_unfinished_summary_is_refused(zoo, tmp_path):
     path.write_text(json.dumps({"schedule": "default", "steps": {}}))
     with pytest.raises(SystemExit, match="not a finished demo summary"):
         zoo.save_demo_results(str(path), str(tmp_path / "measured.json"))
+
+
+def test_model_zoo_md_is_up_to_date(zoo):
+    # MODEL_ZOO.md is generated: a config change must come with `python tools/make_model_zoo.py`.
+    assert zoo.main(["--check"]) == 0
