@@ -9,7 +9,6 @@ and test_voc.py; safe unpickling in tests/utils/test_safe_pickle.py and test_cif
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import torch
 import torch.nn as nn
 from PIL import Image
+from tool_loader import load_tool
 
 from resdet.config import ConfigError, load_config
 from resdet.data.catalog import get_dataset, register_coco_instances, register_dataset
@@ -286,10 +286,7 @@ def test_training_augmentation_depends_on_stream_position_only(tmp_path: Path) -
 
 
 def _train_det_main():
-    spec = importlib.util.spec_from_file_location("_train_det_tool", REPO / "tools/train_det.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
+    return load_tool("train_det").main
 
 
 def test_wrong_paths_fail_first_with_the_option_and_path(tmp_path: Path, capsys) -> None:

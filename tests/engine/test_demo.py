@@ -4,19 +4,18 @@ evaluation, REPORT.md and its pictures; then resuming skips every finished step.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 
 import cv2
 import pytest
+from tool_loader import load_tool
 
 from resdet.config import ConfigError
 from resdet.engine.demo import DemoOptions, build_configs, run_demo
 from resdet.engine.demo_steps import Background, prepare_step
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = ("data", "cls", "det", "det_eval", "scratch", "scratch_eval", "report")
 NUMBER = r"[-+]?\d+\.\d"
 
@@ -118,11 +117,7 @@ def test_build_configs_wires_the_runs(tmp_path):
 
 
 def test_tool_rejects_quick_with_long():
-    spec = importlib.util.spec_from_file_location(
-        "demo_tool", os.path.join(REPO, "tools", "demo.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("demo")
     with pytest.raises(SystemExit):
         tool.main(["--quick", "--long"])
 

@@ -8,7 +8,6 @@ augmentations the uninterrupted one saw, whatever the number of DataLoader worke
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -23,6 +22,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from tool_loader import load_tool
 
 from resdet.config import load_config
 from resdet.engine.checkpoint import Checkpointer, load_checkpoint
@@ -104,10 +104,7 @@ def _popen_train(cfg: str, out: Path) -> subprocess.Popen:
 
 
 def _train_det_tool():
-    spec = importlib.util.spec_from_file_location("_train_det_tool", REPO / "tools/train_det.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_tool("train_det")
 
 
 def _kill_after_first_checkpoint(proc: subprocess.Popen, out: Path) -> None:

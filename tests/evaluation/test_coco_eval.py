@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -12,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tool_loader import load_tool
 
 from resdet.data.records import DatasetError, DatasetMeta, DetectionRecord
 from resdet.evaluation.coco import (
@@ -233,9 +233,7 @@ def test_coco_eval_tool_runs(tmp_path) -> None:
 
 
 def test_coco_eval_tool_reports_bad_input(tmp_path, capsys) -> None:
-    spec = importlib.util.spec_from_file_location("coco_eval_tool", f"{REPO}/tools/coco_eval.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("coco_eval")
     gt, _ = _write_files(tmp_path)
     (tmp_path / "bad.json").write_text("{not json")
     assert tool.main(["--gt", gt, "--dt", str(tmp_path / "bad.json")]) == 2

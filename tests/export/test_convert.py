@@ -3,7 +3,6 @@ exactly what the source computed; hostile pickles and wrong shapes are refused."
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from tool_loader import load_tool
 
 from resdet.config import config_from_dict, config_to_dict, load_config
 from resdet.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
@@ -25,16 +25,9 @@ from resdet.modeling.backbone.resnet import ResNet
 from resdet.modeling.classifier import build_classifier
 from resdet.utils.safe_pickle import UnsafePickleError
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"{name}_tool", os.path.join(REPO, "tools", f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(name)
 
 
 def _randomize_bn(model: torch.nn.Module, seed: int) -> None:

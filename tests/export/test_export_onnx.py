@@ -4,12 +4,12 @@ another size."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
 import pytest
 import torch
+from tool_loader import load_tool
 
 from resdet.config import config_to_dict, load_config
 from resdet.engine.checkpoint import save_checkpoint
@@ -44,7 +44,6 @@ ARCHS = {
         "MODEL.ROI_HEADS.POOLER_RESOLUTION", "7", "MODEL.ROI_HEADS.FC_DIM", "64",
     ],
 }  # fmt: skip
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZES = [(70, 90), (96, 64)]  # the traced size, then another one (not a multiple of 16)
 
 
@@ -131,11 +130,7 @@ def test_compare_detections_sees_differences():
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_export_tool_writes_and_checks(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
-    spec = importlib.util.spec_from_file_location(
-        "export_tool", os.path.join(REPO, "tools", "export.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("export")
     model = _detector("c4")
     cfg = load_config(None, COMMON + ARCHS["c4"])
     weights = str(tmp_path / "det.pth")

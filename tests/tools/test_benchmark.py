@@ -3,27 +3,19 @@ and markdown, the memory subprocess, and bf16 autocast keeping the detections.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
+from tool_loader import load_tool
 
 from resdet.utils.benchmark import ModelSpec, Runner, calibrated_model, make_inputs
 from resdet.utils.benchmark_modes import detection_agreement, measure_memory
 from resdet.utils.benchmark_report import check_targets
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "bench_tool", os.path.join(REPO, "tools", "benchmark.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("benchmark")
 
 
 def test_model_names_parse_and_reject_typos():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -11,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from tool_loader import load_tool
 
 from resdet.data.check import check_detection_dataset, check_records, format_report
 from resdet.data.records import DetectionRecord
@@ -21,9 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture()
 def main():
-    spec = importlib.util.spec_from_file_location("_check_tool", REPO / "tools/check_dataset.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_tool("check_dataset")
     level = logging.getLogger("resdet").level
     yield mod.main
     close_logging()  # the tool configures logging for its process; restore the test session's

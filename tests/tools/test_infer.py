@@ -3,7 +3,6 @@ a tiny random detector: pictures with boxes, one COCO-style json, bad files repo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -11,12 +10,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from tool_loader import load_tool
 
 from resdet.config import config_to_dict, load_config
 from resdet.engine.checkpoint import save_checkpoint
 from resdet.modeling.detection.build import build_detector
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = [
     "MODEL.BACKBONE.NAME", "resnet", "MODEL.BACKBONE.DEPTH", "18", "MODEL.BACKBONE.WIDTH", "16",
     "MODEL.ANCHOR.SIZES", "[[16, 32, 64]]", "INPUT.SIZE_DIVISIBILITY", "16",
@@ -28,12 +27,7 @@ TINY = [
 
 
 def _infer_main():
-    spec = importlib.util.spec_from_file_location(
-        "infer_tool", os.path.join(REPO, "tools", "infer.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool("infer").main
 
 
 @pytest.fixture(scope="module")

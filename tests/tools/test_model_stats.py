@@ -3,12 +3,12 @@ per-stage breakdown, detector rows, and the tools/model_stats.py command line.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
 import pytest
 import torch
+from tool_loader import load_tool
 
 from resdet.config import load_config
 from resdet.modeling.backbone.resnet import ResNet
@@ -181,12 +181,7 @@ def test_small_crops_with_batch_norm_are_counted() -> None:
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "model_stats_tool", os.path.join(REPO, "tools", "model_stats.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("model_stats")
 
 
 def test_tool_prints_table_and_json(tmp_path, capsys) -> None:
