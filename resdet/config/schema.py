@@ -169,6 +169,11 @@ class SolverConfig:
     # the fly (resdet.layers.fold.fold_frozen_bn_training_): same parameters, checkpoint keys,
     # outputs and gradients, two fewer passes over every frozen-BN activation.
     FOLD_FROZEN_BN: bool = True
+    # Detection training on CPU: 3x3 stride-1 convolutions (32+ channels) compute forward,
+    # input and weight gradients as Winograd convolutions (resdet.layers.winograd): same
+    # parameters and keys, gradients within ~1e-5 relative; ~1.4x faster R50-FPN steps here.
+    # Other devices, autocast and small maps run the ordinary convolution either way.
+    WINOGRAD: bool = True
     AMP: AMPConfig = field(default_factory=AMPConfig)
 
 

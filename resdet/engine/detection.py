@@ -54,6 +54,7 @@ from resdet.engine.trainer import train_loop
 from resdet.evaluation.coco import COCOEvaluator
 from resdet.evaluation.voc import VOCEvaluator
 from resdet.layers.fold import fold_frozen_bn_training_, inference_copy
+from resdet.layers.winograd import winograd_available, winograd_training_
 from resdet.modeling.detection.build import build_detector
 from resdet.modeling.detection.faster_rcnn import FasterRCNN
 from resdet.utils.logging import close_logging, setup_logging
@@ -330,6 +331,9 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
         logger.info(
             "frozen BN applied to the weights of %d convolutions (SOLVER.FOLD_FROZEN_BN)", n
         )
+    if cfg.SOLVER.WINOGRAD and device.type == "cpu" and winograd_available():
+        n = len(winograd_training_(model))
+        logger.info("%d convolutions train as Winograd convolutions (SOLVER.WINOGRAD)", n)
     train_model: nn.Module = model
     if get_world_size() > 1:
         ids = [device.index] if device.type == "cuda" else None

@@ -186,6 +186,9 @@ class _ConvThenFrozenBN(nn.Conv2d):
 
 
 def _undo_training_fold_(model: nn.Module) -> None:
+    from resdet.layers.winograd import undo_winograd_training_
+
+    undo_winograd_training_(model)  # a copy for inference starts from plain convolutions
     for m in model.modules():
         if type(m) is _ConvThenFrozenBN:
             m.__class__ = nn.Conv2d

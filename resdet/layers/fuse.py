@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from resdet.layers.winograd import winograd_available, winograd_conv2d, winograd_shape
 from resdet.modeling.backbone.resnet import BasicBlock, Bottleneck, ResNet
 
 __all__ = [
@@ -55,33 +56,6 @@ def mkldnn_fusion_available() -> bool:
         torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-    )
-
-
-def winograd_available() -> bool:
-    """Whether NNPACK's Winograd convolution can run here (x86 with AVX2, or ARM NEON).
-
-    ``torch.backends.nnpack.is_available()`` also initialises NNPACK, which its convolution
-    needs before the first call.
-    """
-    return bool(torch.backends.nnpack.is_available()) and torch._C._get_nnpack_enabled()
-
-
-# Below this many input or output channels the transforms cost more than Winograd saves
-# (measured: 1.1x for a 15-channel output, 2.5-4x from 64 channels up).
-_WINOGRAD_MIN_CHANNELS = 32
-# Winograd F(6x6, 3x3) computes 6x6 output tiles: on maps smaller than two tiles a side (C4's
-# res5 sees 7x7 RoI maps) most of a tile is padding, so those run as ordinary convolutions.
-_WINOGRAD_MIN_SIZE = 12
-
-
-def _winograd_shape(conv: nn.Conv2d) -> bool:
-    return (
-        tuple(conv.kernel_size) == (3, 3)
-        and tuple(conv.stride) == (1, 1)
-        and tuple(conv.dilation) == (1, 1)
-        and conv.groups == 1
-        and min(conv.in_channels, conv.out_channels) >= _WINOGRAD_MIN_CHANNELS
     )
 
 
@@ -110,7 +84,7 @@ class FusedConv2d(nn.Module):
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.relu = relu
-        self.winograd = winograd and _winograd_shape(conv) and winograd_available()
+        self.winograd = winograd and winograd_shape(conv) and winograd_available()
         if self.winograd:  # NNPACK reads NCHW weights
             self.weight = nn.Parameter(conv.weight.detach().contiguous(), requires_grad=False)
 
@@ -145,11 +119,7 @@ class FusedConv2d(nn.Module):
         )  # fmt: skip
 
     def _winograd(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
-        if min(x.shape[-2:]) >= _WINOGRAD_MIN_SIZE:  # NCHW in, NCHW out
-            y = torch._nnpack_spatial_convolution(x.contiguous(), self.weight, self.bias,
-                                                  self.padding)  # fmt: skip
-        else:
-            y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        y = winograd_conv2d(x, self.weight, self.bias)  # NCHW out; small maps: F.conv2d
         if residual is not None:
             y.add_(residual)
         return y.relu_() if self.relu else y

@@ -58,6 +58,7 @@ from resdet.config.schema import Config
 from resdet.data.shapes import render_scene
 from resdet.layers.fold import fold_frozen_bn, fold_frozen_bn_training_
 from resdet.layers.fuse import fuse_for_inference
+from resdet.layers.winograd import winograd_training_
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ RESDET_MODELS: Dict[str, Tuple[str, List[str]]] = {
 }
 TV_MODELS = {"tv_r18_fpn": 18, "tv_r50_fpn": 50, "tv_r101_fpn": 101}
 MODIFIERS = ("fold", "fuse", "wino", "cl", "bf16", "compile")
-TRAIN_ONLY_INVALID = ("fuse", "wino", "compile")  # inference-only fast paths
+TRAIN_ONLY_INVALID = ("fuse", "compile")  # inference-only fast paths
 
 
 @dataclass
@@ -274,6 +275,8 @@ class Runner:
         else:
             if "fold" in spec.mods:  # on the fly: same parameters and keys, trains as before
                 fold_frozen_bn_training_(model)
+            if "wino" in spec.mods:  # Winograd forward and input gradient, in place
+                winograd_training_(model)
             model.train()
         if cl:
             model = model.to(memory_format=torch.channels_last)

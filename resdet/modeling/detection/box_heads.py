@@ -13,7 +13,9 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.ops import MultiScaleRoIAlign, roi_align, roi_pool
+from torchvision.ops import roi_pool
+
+from resdet.layers.roi_align import MultiScaleRoIAlign, roi_align
 
 
 class C4BoxHead(nn.Module):

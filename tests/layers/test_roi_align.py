@@ -1,0 +1,92 @@
+"""RoIAlign with the sparse CPU backward: torchvision's forward and the same gradients, for every
+sampling mode and for boxes torchvision treats specially (empty, outside, on the border)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from resdet.layers.roi_align import MultiScaleRoIAlign, RoIAlignFunction, roi_align, roi_align_taps
+
+
+def _rois(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 80 - 10  # some start outside
+    wh = torch.rand(n, 2, generator=g, dtype=torch.float64) * 60
+    boxes = torch.cat([xy, xy + wh], 1)
+    boxes[:4, 2:] = boxes[:4, :2]  # empty boxes
+    boxes[4] = torch.tensor([0.0, 0.0, 68.0, 52.0])  # the whole map, to its last pixel
+    batch = torch.randint(0, 2, (n, 1), generator=g).double()
+    return torch.cat([batch, boxes], 1)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [0, 1, 2])
+def test_same_output_and_gradient_as_torchvision(aligned, sampling_ratio):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 13, 17, dtype=torch.float64, requires_grad=True)
+    rois = _rois(40, 1)
+    args = ((7, 5), 0.25, sampling_ratio, aligned)
+    ref = torchvision.ops.roi_align(x, rois, *args)
+    out = roi_align(x, rois, *args)
+    assert out.grad_fn is not None and "RoIAlignFunction" in type(out.grad_fn).__name__
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    g = torch.randn_like(ref)
+    (want,) = torch.autograd.grad(ref, x, g)
+    (got,) = torch.autograd.grad(out, x, g)
+    assert want.abs().sum() > 0
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_taps_reproduce_the_forward():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 11, 9, dtype=torch.float64)
+    rois = _rois(12, 2)
+    bins, pixel, weight = roi_align_taps(rois, x.shape, (4, 4), 0.2, 0, True)
+    rows = x.permute(0, 2, 3, 1).reshape(-1, 3)
+    out = torch.zeros(12 * 16, 3, dtype=torch.float64).index_add_(0, bins, rows[pixel] * weight[:, None])
+    ref = torchvision.ops.roi_align(x, rois, 4, 0.2, 0, True)
+    torch.testing.assert_close(out.view(12, 4, 4, 3).permute(0, 3, 1, 2), ref)
+
+
+def test_without_gradients_it_is_torchvisions_call():
+    x = torch.randn(1, 4, 10, 10)
+    boxes = [torch.tensor([[1.0, 1.0, 30.0, 20.0]])]
+    with torch.no_grad():
+        out = roi_align(x.requires_grad_(), boxes, 3, 0.25)
+    assert out.grad_fn is None
+    torch.testing.assert_close(out, torchvision.ops.roi_align(x.detach(), boxes, 3, 0.25))
+
+
+def test_multiscale_pooler_matches_torchvision():
+    torch.manual_seed(0)
+    feats = {f"p{i}": torch.randn(2, 4, 256 >> i, 320 >> i, requires_grad=True) for i in range(2, 6)}
+    boxes = []
+    for _ in range(2):
+        b = torch.rand(60, 4) * 200
+        # Sides 8 to 600 px, log-uniform: every level (p2 below 112 px ... p5 from 448) gets boxes.
+        b[:, 2:] = b[:, :2] + torch.empty(60, 2).uniform_(2.0, 6.4).exp()
+        boxes.append(b)
+    shapes = [(256, 320)] * 2
+    ref_pool = torchvision.ops.MultiScaleRoIAlign(list(feats), 7, 0)
+    ours = MultiScaleRoIAlign(list(feats), 7, 0)
+    ref = ref_pool(feats, boxes, shapes)
+    out = ours(feats, boxes, shapes)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    g = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, list(feats.values()), g)
+    got = torch.autograd.grad(out, list(feats.values()), g)
+    for level, (a, b) in enumerate(zip(got, want)):
+        assert b.abs().sum() > 0, f"no box on level {level}"
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+
+
+def test_function_keeps_torchvisions_backward_signature():
+    # Six forward arguments, gradient only for the feature map.
+    x = torch.randn(1, 2, 8, 8, requires_grad=True)
+    rois = torch.tensor([[0.0, 0.0, 0.0, 16.0, 16.0]])
+    y = RoIAlignFunction.apply(x, rois, (2, 2), 0.5, 0, False)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert g.shape == x.shape
+    assert float(g.sum()) == pytest.approx(8.0)  # 4 bins x 2 channels, weights sum to 1
