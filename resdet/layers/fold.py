@@ -23,11 +23,19 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torchvision.ops.misc import FrozenBatchNorm2d
+
+from resdet.layers.winograd import (
+    undo_winograd_training_,
+    winograd_applies,
+    winograd_backward,
+    winograd_forward,
+)
 
 __all__ = [
     "find_conv_bn_pairs",
@@ -171,23 +179,70 @@ class _FoldedAwayFrozenBN(FrozenBatchNorm2d):
         return x
 
 
+class _ScaledWeightConv2d(torch.autograd.Function):
+    """``conv2d(x, W * s[:, None, None, None], b)`` that keeps ``W`` and ``s`` for the backward
+    pass instead of the scaled copy of ``W`` (autograd would hold one per convolution until
+    the backward: ~94 MB for an R50's trainable stages) and recomputes it there."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        scale: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        conv: nn.Conv2d,
+        winograd: bool,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight, scale)
+        ctx.geometry = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+        ctx.winograd, ctx.has_bias = winograd, bias is not None
+        w = weight * scale.view(-1, 1, 1, 1)
+        if winograd:
+            return winograd_forward(x, w, bias)
+        return F.conv2d(x, w, bias, *ctx.geometry)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> Tuple[Optional[torch.Tensor], ...]:
+        x, weight, scale = ctx.saved_tensors
+        need_x, need_w, need_s, need_b = ctx.needs_input_grad[:4]
+        w = weight * scale.view(-1, 1, 1, 1)
+        if ctx.winograd:
+            grad_x, grad_w = winograd_backward(x, w, grad, need_x, need_w or need_s)
+        else:
+            stride, padding, dilation, groups = ctx.geometry
+            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                grad, x, w, None, stride, padding, dilation, False, [0, 0], groups,
+                [need_x, need_w or need_s, False],
+            )  # fmt: skip
+        grad_weight = grad_w * scale.view(-1, 1, 1, 1) if need_w else None
+        grad_scale = (grad_w * weight).sum((1, 2, 3)) if need_s else None
+        grad_bias = grad.sum((0, 2, 3)) if need_b and ctx.has_bias else None
+        return grad_x, grad_weight, grad_scale, grad_bias, None, None
+
+
 class _ConvThenFrozenBN(nn.Conv2d):
     """``FrozenBN(conv(x))`` computed as one convolution with the affine folded into the
     weights on every call: ``conv(x, W * s) + (b - mean) * s + beta``. The weight scaling is
     differentiable, so ``W`` trains exactly as before; the activation-sized multiply and add
     of the norm (and the multiply in its backward) disappear."""
 
+    _winograd = False  # set by resdet.layers.winograd.winograd_training_
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn = self.__dict__["_frozen_bn"]
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         shift = bn.bias - bn.running_mean * scale
         bias = shift if self.bias is None else self.bias * scale + shift
-        return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), bias)
+        if torch.is_autocast_enabled(x.device.type) or isinstance(self.padding, str):
+            return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), bias)
+        winograd = self._winograd and winograd_applies(x, self.weight)
+        return _ScaledWeightConv2d.apply(x, self.weight, scale, bias, self, winograd)
 
 
 def _undo_training_fold_(model: nn.Module) -> None:
-    from resdet.layers.winograd import undo_winograd_training_
-
     undo_winograd_training_(model)  # a copy for inference starts from plain convolutions
     for m in model.modules():
         if type(m) is _ConvThenFrozenBN:

@@ -39,7 +39,9 @@ __all__ = [
     "undo_winograd_training_",
     "winograd_applies",
     "winograd_available",
+    "winograd_backward",
     "winograd_conv2d",
+    "winograd_forward",
     "winograd_shape",
     "winograd_training_",
     "winograd_weight_grad",
@@ -53,6 +55,10 @@ WINOGRAD_MIN_CHANNELS = 32
 # Winograd F(6x6, 3x3) computes 6x6 output tiles: on maps smaller than two tiles a side (C4's
 # res5 sees 7x7 RoI maps) most of a tile is padding, so those run as ordinary convolutions.
 WINOGRAD_MIN_SIZE = 12
+# NNPACK keeps a workspace as large as the Winograd transforms of its largest call (~3.6x the
+# input and output): images larger than this are convolved in bands of rows, which bounds it
+# (R50-FPN at 800x1333: the 256-channel stride-4 maps, 69 MB, go in 3 bands).
+WINOGRAD_BAND_BYTES = 32 << 20
 
 
 def winograd_available() -> bool:
@@ -91,17 +97,40 @@ def winograd_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def _per_image(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """NNPACK's Winograd convolution (padding 1), one image at a time (see the module notes)."""
+def _per_image(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], band_bytes: int = 0
+) -> torch.Tensor:
+    """NNPACK's Winograd convolution (padding 1), one image at a time (see the module notes),
+    an image larger than ``band_bytes`` (default :data:`WINOGRAD_BAND_BYTES`) in bands of
+    rows."""
     if not winograd_available():  # also initialises NNPACK, which the first call needs
         raise RuntimeError("NNPACK's Winograd convolution is not available in this torch build")
     x = x.contiguous()
-    if x.shape[0] == 1:
+    n, c, h, w = x.shape
+    bands = -(-c * h * w * x.element_size() // (band_bytes or WINOGRAD_BAND_BYTES))
+    if n == 1 and bands <= 1:
         return torch._nnpack_spatial_convolution(x, weight, bias, [1, 1])
-    out = x.new_empty((x.shape[0], weight.shape[0], *x.shape[2:]))
-    for i in range(x.shape[0]):  # one image's output alive at a time besides ``out``
-        out[i : i + 1] = torch._nnpack_spatial_convolution(x[i : i + 1], weight, bias, [1, 1])
+    out = x.new_empty((n, weight.shape[0], h, w))
+    step = -(-h // bands)
+    for i in range(n):  # one image's (band's) output alive at a time besides ``out``
+        for r0 in range(0, h, step):
+            r1 = min(h, r0 + step)
+            # The band and one row of context each side; the rows computed from NNPACK's
+            # zero padding at an inner edge are dropped.
+            top, bottom = max(r0 - 1, 0), min(r1 + 1, h)
+            y = torch._nnpack_spatial_convolution(
+                x[i : i + 1, :, top:bottom].contiguous(), weight, bias, [1, 1]
+            )
+            out[i : i + 1, :, r0:r1] = y[:, :, r0 - top : r1 - top]
     return out
+
+
+def winograd_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``conv2d(x, weight, bias, padding=1)`` for a 3x3 kernel through NNPACK's Winograd
+    kernels, image by image (no autograd; :func:`winograd_conv2d` is the differentiable one)."""
+    return _per_image(x, weight.contiguous(), bias)
 
 
 # Winograd F(4x4, 3x3) (Lavin & Gray, 2016): input tiles 6x6 (stride 4), output tiles 4x4.
@@ -180,17 +209,25 @@ class WinogradConv2dFunction(torch.autograd.Function):
     ) -> Tuple[Optional[torch.Tensor], ...]:
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        grad = grad.contiguous()
-        grad_x = grad_w = grad_b = None
-        if need_x:
-            # d conv(x, W) / dx, for stride 1 and padding 1: conv(grad, W flipped, in <-> out).
-            flipped = weight.flip(2, 3).transpose(0, 1).contiguous()
-            grad_x = _per_image(grad, flipped, None)
-        if need_w:
-            grad_w = winograd_weight_grad(x, grad)
-        if need_b and ctx.has_bias:
-            grad_b = grad.sum((0, 2, 3))
+        grad_x, grad_w = winograd_backward(x, weight, grad, need_x, need_w)
+        grad_b = grad.sum((0, 2, 3)) if need_b and ctx.has_bias else None
         return grad_x, grad_w, grad_b
+
+
+def winograd_backward(
+    x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, need_x: bool, need_w: bool
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Input and weight gradients of ``conv2d(x, weight, padding=1)`` (3x3, stride 1) given
+    the output's gradient ``grad``; ``None`` for what is not needed."""
+    grad = grad.contiguous()
+    grad_x = grad_w = None
+    if need_w:  # first: its temporaries are gone before the input-sized ``grad_x`` exists
+        grad_w = winograd_weight_grad(x, grad)
+    if need_x:
+        # d conv(x, W) / dx, for stride 1 and padding 1: conv(grad, W flipped, in <-> out).
+        flipped = weight.flip(2, 3).transpose(0, 1).contiguous()
+        grad_x = _per_image(grad, flipped, None)
+    return grad_x, grad_w
 
 
 def winograd_conv2d(
@@ -208,7 +245,10 @@ def winograd_conv2d(
 
 
 class _WinogradMixin:
-    """Routes an ``nn.Conv2d`` subclass's ``_conv_forward`` through :func:`winograd_conv2d`."""
+    """Routes an ``nn.Conv2d`` subclass's ``_conv_forward`` through :func:`winograd_conv2d`
+    (``_winograd`` tells the on-the-fly folded convolution of ``resdet.layers.fold`` to)."""
+
+    _winograd = True
 
     def _conv_forward(
         self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]

@@ -45,7 +45,8 @@ def test_taps_reproduce_the_forward():
     rois = _rois(12, 2)
     bins, pixel, weight = roi_align_taps(rois, x.shape, (4, 4), 0.2, 0, True)
     rows = x.permute(0, 2, 3, 1).reshape(-1, 3)
-    out = torch.zeros(12 * 16, 3, dtype=torch.float64).index_add_(0, bins, rows[pixel] * weight[:, None])
+    out = torch.zeros(12 * 16, 3, dtype=torch.float64)
+    out.index_add_(0, bins, rows[pixel] * weight[:, None])
     ref = torchvision.ops.roi_align(x, rois, 4, 0.2, 0, True)
     torch.testing.assert_close(out.view(12, 4, 4, 3).permute(0, 3, 1, 2), ref)
 
@@ -61,14 +62,16 @@ def test_without_gradients_it_is_torchvisions_call():
 
 def test_multiscale_pooler_matches_torchvision():
     torch.manual_seed(0)
-    feats = {f"p{i}": torch.randn(2, 4, 256 >> i, 320 >> i, requires_grad=True) for i in range(2, 6)}
+    feats = {f"p{i}": torch.randn(2, 4, 1024 >> i, 1280 >> i) for i in range(2, 6)}
+    feats = {k: v.requires_grad_() for k, v in feats.items()}
     boxes = []
     for _ in range(2):
         b = torch.rand(60, 4) * 200
         # Sides 8 to 600 px, log-uniform: every level (p2 below 112 px ... p5 from 448) gets boxes.
         b[:, 2:] = b[:, :2] + torch.empty(60, 2).uniform_(2.0, 6.4).exp()
+        b[:4, 2:] = b[:4, :2] + torch.tensor([[40.0], [150.0], [300.0], [600.0]])  # p2..p5
         boxes.append(b)
-    shapes = [(256, 320)] * 2
+    shapes = [(1024, 1280)] * 2
     ref_pool = torchvision.ops.MultiScaleRoIAlign(list(feats), 7, 0)
     ours = MultiScaleRoIAlign(list(feats), 7, 0)
     ref = ref_pool(feats, boxes, shapes)

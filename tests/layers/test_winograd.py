@@ -30,6 +30,16 @@ needs_winograd = pytest.mark.skipif(
 )
 
 
+def count_nnpack_calls(monkeypatch) -> list:
+    """A list that grows by one entry per NNPACK convolution call from now on."""
+    calls: list = []
+    nnpack = torch._nnpack_spatial_convolution
+    monkeypatch.setattr(
+        torch, "_nnpack_spatial_convolution", lambda *a: calls.append(1) or nnpack(*a)
+    )
+    return calls
+
+
 def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return float((a.detach().double() - ref).abs().max() / ref.abs().max())
 
@@ -75,9 +85,7 @@ def test_function_matches_conv2d_forward_and_backward(batch):
 
 @needs_winograd
 def test_only_the_needed_gradients_are_computed(monkeypatch):
-    calls = []
-    nnpack = torch._nnpack_spatial_convolution
-    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: calls.append(1) or nnpack(*a))
+    calls = count_nnpack_calls(monkeypatch)
     x = torch.randn(2, 32, 16, 16)  # a frozen stage's output: no input gradient
     w = torch.randn(32, 32, 3, 3, requires_grad=True)
     y = winograd_conv2d(x, w, None)
@@ -117,9 +125,7 @@ def test_training_switch_keeps_keys_outputs_and_gradients(monkeypatch):
     assert "backbone.bottom_up.layer3.0.conv1" not in names  # stride 2
     assert "backbone.bottom_up.layer1.0.conv1" not in names  # 16 channels
 
-    calls = []
-    nnpack = torch._nnpack_spatial_convolution
-    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: calls.append(1) or nnpack(*a))
+    calls = count_nnpack_calls(monkeypatch)
     torch.manual_seed(1)
     x = torch.randn(2, 3, 128, 128)
     outputs, grads = [], []
