@@ -14,13 +14,9 @@ Measured on an AVX2 CPU (``BENCHMARKS.md``): a 1x1 convolution + ReLU runs ~2x f
 
 3x3 stride-1 convolutions (the bottleneck's middle convolution, the FPN output and RPN head
 convolutions: about half of an R50-FPN's multiply-adds) can run as Winograd convolutions
-through NNPACK (``torch._nnpack_spatial_convolution``, AVX2 kernels shipped with PyTorch's
-CPU builds; :func:`winograd_available`). Winograd computes a 3x3 convolution with ~4x fewer
-multiplications, at a rounding error measured ~1e-5 of the output's range. oneDNN's own
-Winograd needs AVX-512; on AVX2 machines this is what makes those compute-bound layers faster.
-The price is memory: NNPACK keeps a workspace as large as the Winograd transforms of the
-largest input and output (R50-FPN at 800x1333: 1649 MB peak against 1406 MB without
-Winograd and 1536 MB for torchvision's model, ``BENCHMARKS.md``).
+through NNPACK (:mod:`resdet.layers.winograd`): ~4x fewer multiplications at a rounding error
+~1e-5 of the output's range; R50-FPN at 800x1333 runs 1.65x torchvision's speed at the same
+peak memory (``BENCHMARKS.md``).
 
 Only for inference on a folded copy: the fused modules have no autograd formula. Where the
 fused kernel does not apply (no oneDNN, CUDA tensors, autocast, gradients) every module falls

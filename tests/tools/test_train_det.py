@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -94,19 +95,23 @@ def test_train_then_eval(tiny, tmp_path) -> None:
         assert slow[key] == pytest.approx(results[key], abs=2e-3), key
 
 
-def test_training_with_frozen_bn_folded_matches_the_plain_model(tiny, tmp_path) -> None:
+def test_training_fast_paths_match_the_plain_model(tiny, tmp_path) -> None:
+    """SOLVER.FOLD_FROZEN_BN and SOLVER.WINOGRAD (both on by default) against both off."""
     cfg, env = tiny
     losses = {}
-    for fold in ("True", "False"):
-        out = tmp_path / fold
+    for fast in ("True", "False"):
+        out = tmp_path / fast
         args = ["tools/train_det.py", "--config", cfg, "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER",
-                "2", "DATASETS.TEST", "[]", "SOLVER.FOLD_FROZEN_BN", fold]  # fmt: skip
+                "2", "DATASETS.TEST", "[]", "SOLVER.FOLD_FROZEN_BN", fast,
+                "SOLVER.WINOGRAD", fast]  # fmt: skip
         r = _run(args, env)
         assert r.returncode == 0, r.stderr[-3000:]
         log = (out / "log.txt").read_text()
-        assert ("frozen BN applied to the weights of" in log) == (fold == "True")
+        assert ("frozen BN applied to the weights of" in log) == (fast == "True")
+        winograd = re.search(r"(\d+) convolutions train as Winograd convolutions", log)
+        assert (winograd is not None and int(winograd.group(1)) > 0) == (fast == "True")
         lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        losses[fold] = [x for x in lines if "loss" in x][-1]
+        losses[fast] = [x for x in lines if "loss" in x][-1]
     # Same parameters, same data: two steps give the same losses up to float rounding.
     for key in ("loss", "loss_rpn_cls", "loss_cls", "loss_box_reg"):
         assert losses["True"][key] == pytest.approx(losses["False"][key], rel=1e-3, abs=1e-5), key
