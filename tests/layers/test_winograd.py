@@ -140,7 +140,10 @@ def test_training_switch_keeps_keys_outputs_and_gradients(monkeypatch):
         grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
     assert calls, "the Winograd kernels did not run"
     for k, f in outputs[0].items():
-        torch.testing.assert_close(outputs[1][k], f, rtol=1e-4, atol=1e-4 * float(f.detach().abs().max()))
+        f = f.detach()
+        torch.testing.assert_close(
+            outputs[1][k].detach(), f, rtol=1e-4, atol=1e-4 * float(f.abs().max())
+        )
     assert grads[0].keys() == grads[1].keys()
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-3, atol=1e-4 * float(g.abs().max()),
