@@ -9,7 +9,8 @@ What is compared (``BENCHMARKS.md`` has the latest numbers and the command that 
   convolutions, :mod:`resdet.layers.fold`; in training folded on the fly, same parameters and
   keys), ``fuse`` (folded, then conv + bias + ReLU + residual
   add as single oneDNN calls in channels_last, :mod:`resdet.layers.fuse`), ``wino`` (fused,
-  and 3x3 stride-1 convolutions as NNPACK Winograd convolutions), ``cl``
+  and 3x3 stride-1 convolutions as NNPACK Winograd convolutions; in training their forward and
+  backward as Winograd convolutions, :mod:`resdet.layers.winograd`), ``cl``
   (channels_last), ``bf16`` (CPU/CUDA
   autocast), ``compile`` (``torch.compile`` of the backbone with inductor weight freezing;
   inference only, its compile time reported separately).
