@@ -229,7 +229,7 @@ class _ConvThenFrozenBN(nn.Conv2d):
     differentiable, so ``W`` trains exactly as before; the activation-sized multiply and add
     of the norm (and the multiply in its backward) disappear."""
 
-    _winograd = False  # set by resdet.layers.winograd.winograd_training_
+    _winograd = False  # True on the subclass resdet.layers.winograd.winograd_training_ swaps in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn = self.__dict__["_frozen_bn"]

@@ -276,7 +276,7 @@ class Runner:
         else:
             if "fold" in spec.mods:  # on the fly: same parameters and keys, trains as before
                 fold_frozen_bn_training_(model)
-            if "wino" in spec.mods:  # Winograd forward and input gradient, in place
+            if "wino" in spec.mods:  # Winograd forward and both gradients, in place
                 winograd_training_(model)
             model.train()
         if cl:

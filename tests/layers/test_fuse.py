@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 # pytest puts this folder on sys.path (rootdir-relative "prepend" import mode).
 from test_fold import assert_same_detections, tiny_detector
+from test_winograd import count_nnpack_calls
 
 from resdet.layers.fold import fold_frozen_bn, inference_copy
 from resdet.layers.fuse import (
@@ -87,11 +88,7 @@ needs_winograd = pytest.mark.skipif(
 @pytest.mark.parametrize("size", [(19, 23), (7, 7)])  # Winograd / small map: plain conv
 @pytest.mark.parametrize("relu,residual", [(True, False), (False, True), (True, True)])
 def test_winograd_conv_matches_plain_ops(relu, residual, size, monkeypatch):
-    calls = []
-    nnpack = torch._nnpack_spatial_convolution
-    monkeypatch.setattr(
-        torch, "_nnpack_spatial_convolution", lambda *a: calls.append(1) or nnpack(*a)
-    )
+    calls = count_nnpack_calls(monkeypatch)
     torch.manual_seed(0)
     conv = nn.Conv2d(32, 48, 3, padding=1)
     x = torch.randn(2, 32, *size).contiguous(memory_format=torch.channels_last)
