@@ -189,7 +189,8 @@ class TestConfig:
     # (resdet.layers.fold.inference_copy). Same detections within float rounding.
     FAST_INFERENCE: bool = True
     # With FAST_INFERENCE on CPU: 3x3 stride-1 convolutions as NNPACK Winograd convolutions
-    # (resdet.layers.fuse; ~1.4x faster R50-FPN at 800x1333, outputs within ~1e-5 relative).
+    # (resdet.layers.fuse; outputs within ~1e-5 relative) on CPUs where that is faster than
+    # oneDNN: AVX2-only ones (R50-FPN at 800x1333 1.4x faster); AVX-512 CPUs keep oneDNN's.
     WINOGRAD: bool = True
 
 

@@ -54,7 +54,11 @@ from resdet.engine.trainer import train_loop
 from resdet.evaluation.coco import COCOEvaluator
 from resdet.evaluation.voc import VOCEvaluator
 from resdet.layers.fold import fold_frozen_bn_training_, inference_copy
-from resdet.layers.winograd import winograd_available, winograd_training_
+from resdet.layers.winograd import (
+    winograd_available,
+    winograd_pays_for_inference,
+    winograd_training_,
+)
 from resdet.modeling.detection.build import build_detector
 from resdet.modeling.detection.faster_rcnn import FasterRCNN
 from resdet.utils.logging import close_logging, setup_logging
@@ -143,15 +147,17 @@ def inference_model(model: nn.Module, cfg: Config) -> nn.Module:
 
     With ``TEST.FAST_INFERENCE`` (the default) an eval-mode copy of ``model`` with BN folded
     into the convolutions and, on CPU, conv + bias + ReLU (+ residual add) fused into single
-    oneDNN calls and (``TEST.WINOGRAD``) 3x3 convolutions run as Winograd convolutions
-    (:func:`resdet.layers.fold.inference_copy`); it gives the same detections within float
-    rounding. ``model`` itself is left as it is (it may be training).
+    oneDNN calls and (``TEST.WINOGRAD``, on CPUs where it is the faster path:
+    :func:`~resdet.layers.winograd.winograd_pays_for_inference`) 3x3 convolutions run as
+    Winograd convolutions (:func:`resdet.layers.fold.inference_copy`); it gives the same
+    detections within float rounding. ``model`` itself is left as it is (it may be training).
     """
     if not cfg.TEST.FAST_INFERENCE:
         return model
     param = next(model.parameters(), None)
     on_cpu = param is None or param.device.type == "cpu"
-    return inference_copy(model, fuse=on_cpu, winograd=on_cpu and cfg.TEST.WINOGRAD)
+    winograd = on_cpu and cfg.TEST.WINOGRAD and winograd_pays_for_inference()
+    return inference_copy(model, fuse=on_cpu, winograd=winograd)
 
 
 def evaluate_detector(

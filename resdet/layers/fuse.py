@@ -26,24 +26,34 @@ back to the plain ops, so a fused model still runs anywhere, just without the ga
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from resdet.layers.winograd import winograd_available, winograd_conv2d, winograd_shape
+from resdet.modeling.backbone.fpn import FPN
 from resdet.modeling.backbone.resnet import BasicBlock, Bottleneck, ResNet
 
 __all__ = [
     "FusedBlock",
     "FusedConv2d",
     "fuse_for_inference",
+    "mkldnn_bf16_available",
     "mkldnn_fusion_available",
     "winograd_available",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def mkldnn_bf16_available() -> bool:
+    """Whether oneDNN computes bf16 on this CPU (AVX-512 BF16 / AMX natively, or emulated on
+    other AVX-512 CPUs); without it a bf16 convolution is not oneDNN's."""
+    return torch.backends.mkldnn.is_available() and bool(
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
 
 
 def mkldnn_fusion_available() -> bool:
@@ -83,34 +93,62 @@ class FusedConv2d(nn.Module):
         self.winograd = winograd and winograd_shape(conv) and winograd_available()
         if self.winograd:  # NNPACK reads NCHW weights
             self.weight = nn.Parameter(conv.weight.detach().contiguous(), requires_grad=False)
+        # Weights in another dtype or layout (bf16 under autocast), made on first use.
+        self._cast: Tuple[torch.Tensor, torch.Tensor] = (self.weight, self.bias)
+        self._cast_key: Tuple = ()
 
-    def _fused(self, x: torch.Tensor) -> bool:
-        return (
-            x.device.type == "cpu"
-            and x.dtype == torch.float32 == self.weight.dtype
-            and not torch.is_autocast_enabled("cpu")
-            and not (torch.is_grad_enabled() and x.requires_grad)
-            and mkldnn_fusion_available()
-        )
+    def _fused_dtype(self, x: torch.Tensor) -> Optional[torch.dtype]:
+        """The dtype the fused oneDNN kernel runs this call in, or ``None`` where it does not
+        apply: fp32 outside autocast; bf16 under CPU bf16 autocast where oneDNN computes bf16
+        (what autocast's own convolution would run, with the weights cast once)."""
+        if (
+            x.device.type != "cpu"
+            or self.weight.dtype != torch.float32
+            or (torch.is_grad_enabled() and x.requires_grad)
+            or not mkldnn_fusion_available()
+        ):
+            return None
+        if not torch.is_autocast_enabled("cpu"):
+            return torch.float32 if x.dtype == torch.float32 else None
+        if torch.get_autocast_dtype("cpu") == torch.bfloat16 and mkldnn_bf16_available():
+            return torch.bfloat16
+        return None
+
+    def _weight_as(self, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Channels-last weight and bias in ``dtype``, cast on first use and kept (an inference
+        copy's weights do not change; a ``load_state_dict`` or ``.to()`` is noticed)."""
+        w, b = self.weight, self.bias
+        if dtype == w.dtype and not self.winograd:
+            return w, b
+        key = (dtype, w.data_ptr(), w._version, b.data_ptr(), b._version)
+        if self._cast_key != key:
+            self._cast = (
+                w.detach().to(dtype).contiguous(memory_format=torch.channels_last),
+                b.detach().to(dtype),
+            )
+            self._cast_key = key
+        return self._cast
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if not self._fused(x):
+        dtype = self._fused_dtype(x)
+        if dtype is None:
             y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
                          self.groups)  # fmt: skip
             if residual is not None:
                 y = y + residual
             return F.relu(y) if self.relu else y
-        if self.winograd:
+        if self.winograd and dtype == torch.float32:
             return self._winograd(x, residual)
-        x = x.contiguous(memory_format=torch.channels_last)
+        weight, bias = self._weight_as(dtype)
+        x = x.to(dtype).contiguous(memory_format=torch.channels_last)
         geometry = (self.padding, self.stride, self.dilation, self.groups)
         if residual is None:
             return torch.ops.mkldnn._convolution_pointwise(
-                x, self.weight, self.bias, *geometry, "relu" if self.relu else "none", [], ""
+                x, weight, bias, *geometry, "relu" if self.relu else "none", [], ""
             )
-        residual = residual.contiguous(memory_format=torch.channels_last)
+        residual = residual.to(dtype).contiguous(memory_format=torch.channels_last)
         return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, residual, self.weight, self.bias, *geometry, "add", 1.0,
+            x, residual, weight, bias, *geometry, "add", 1.0,
             "relu" if self.relu else None, [], None,
         )  # fmt: skip
 
@@ -160,13 +198,35 @@ class FusedBlock(nn.Module):
         return self.last(out, identity)
 
 
+class _FusedFPNMixin:
+    """An FPN whose lateral 1x1 convolution adds the top-down map inside its oneDNN call."""
+
+    def _lateral_plus(self, lateral: nn.Module, feat: torch.Tensor, top_down: torch.Tensor):
+        if isinstance(lateral, FusedConv2d):
+            return lateral(feat, top_down)
+        return lateral(feat) + top_down
+
+
+_FUSED_FPN_CLASSES: dict = {}
+
+
+def _fused_fpn_class(cls: type) -> type:
+    """``cls`` (an FPN class) with :class:`_FusedFPNMixin` in front, one class per original."""
+    if issubclass(cls, _FusedFPNMixin):
+        return cls
+    if cls not in _FUSED_FPN_CLASSES:
+        _FUSED_FPN_CLASSES[cls] = type(f"Fused{cls.__name__}", (_FusedFPNMixin, cls), {})
+    return _FUSED_FPN_CLASSES[cls]
+
+
 def fuse_for_inference(model: nn.Module, winograd: bool = False) -> nn.Module:
     """Replace, in place, the convolutions of a *folded* model by fused ones; returns it.
 
     - every resdet ``BasicBlock``/``Bottleneck`` whose norms were folded -> :class:`FusedBlock`;
     - a ResNet stem ``conv1`` -> conv + ReLU (the stem's own ReLU then sees non-negative
       values and changes nothing), an RPN head ``conv`` likewise;
-    - every other ``nn.Conv2d`` -> :class:`FusedConv2d` without ReLU (bias add fused, NHWC).
+    - every other ``nn.Conv2d`` -> :class:`FusedConv2d` without ReLU (bias add fused, NHWC);
+    - an FPN adds the top-down map inside its lateral convolution (class swapped in place).
 
     With ``winograd``, 3x3 stride-1 convolutions of 32+ channels run through NNPACK's
     Winograd kernels (see the module docstring) where :func:`winograd_available`.
@@ -189,6 +249,10 @@ def fuse_for_inference(model: nn.Module, winograd: bool = False) -> nn.Module:
                         and isinstance(parent.bn1, nn.Identity)) or (
                     isinstance(parent, RPNHead) and name == "conv")  # fmt: skip
                 setattr(parent, name, FusedConv2d(child, relu=relu, winograd=winograd))
+                if relu:  # the stem's / RPN head's own ReLU would pass over the output again
+                    parent.relu = nn.Identity()
+        if isinstance(parent, FPN):
+            parent.__class__ = _fused_fpn_class(type(parent))
     if hasattr(model, "channels_last"):
         model.channels_last = True
     logger.debug("fused %d residual blocks", blocks)

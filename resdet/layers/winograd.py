@@ -42,6 +42,7 @@ __all__ = [
     "winograd_backward",
     "winograd_conv2d",
     "winograd_forward",
+    "winograd_pays_for_inference",
     "winograd_shape",
     "winograd_training_",
     "winograd_weight_grad",
@@ -68,6 +69,18 @@ def winograd_available() -> bool:
     needs before the first call.
     """
     return bool(torch.backends.nnpack.is_available()) and torch._C._get_nnpack_enabled()
+
+
+def winograd_pays_for_inference() -> bool:
+    """Whether the Winograd inference path beats oneDNN's fused convolutions on this CPU.
+
+    Measured on R50-FPN at 800x1333 (``BENCHMARKS.md``): on an AVX2-only CPU Winograd makes
+    inference 1.65x torchvision's speed against 1.20x without; on an AVX-512 CPU (with AMX)
+    oneDNN's own 3x3 kernels are as fast as NNPACK's per layer and the whole model is slower
+    with Winograd (1.33x against 1.47x). So: where the best vector ISA is AVX2. (Training
+    gains on both: oneDNN's weight gradient is the slow part there.)
+    """
+    return winograd_available() and torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 
 def winograd_shape(conv: nn.Conv2d) -> bool:

@@ -17,6 +17,7 @@ from resdet.layers.fuse import (
     FusedBlock,
     FusedConv2d,
     fuse_for_inference,
+    mkldnn_bf16_available,
     mkldnn_fusion_available,
     winograd_available,
 )
@@ -41,10 +42,42 @@ def test_fused_conv_matches_plain_ops(path, k, stride, relu, residual, monkeypat
     ref = F.relu(ref) if relu else ref
     fused = FusedConv2d(conv, relu)
     if path == "fallback":
-        monkeypatch.setattr(FusedConv2d, "_fused", lambda self, x: False)
+        monkeypatch.setattr(FusedConv2d, "_fused_dtype", lambda self, x: None)
     with torch.inference_mode():
         out = fused(x, other)
     torch.testing.assert_close(out, ref.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("relu,residual", [(True, False), (False, True)])
+def test_fused_conv_under_bf16_autocast(relu, residual):
+    # What autocast's own convolution computes (bf16 input, weight and bias), as one fused call
+    # with the weights cast once, where oneDNN computes bf16; the plain ops elsewhere.
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 24, 3, padding=1)
+    fused = FusedConv2d(conv, relu)
+    x = torch.randn(2, 16, 12, 10)
+    other = torch.randn(2, 24, 12, 10).bfloat16() if residual else None
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = conv(x)
+        ref = ref + other if residual else ref
+        ref = F.relu(ref) if relu else ref
+        out = fused(x, other)
+        cast = fused._cast
+        again = fused(x, other)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(again, out, rtol=0, atol=0)
+    if mkldnn_fusion_available() and mkldnn_bf16_available():
+        assert fused._cast is cast and cast[0].dtype == torch.bfloat16  # cast once, kept
+        with torch.no_grad():
+            fused.weight.mul_(2)  # new weights (load_state_dict writes in place too)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            doubled = fused(x, None)
+        assert fused._cast is not cast
+        with torch.inference_mode():
+            plain = F.conv2d(x, fused.weight, fused.bias, 1, 1)
+        plain = F.relu(plain) if relu else plain
+        torch.testing.assert_close(doubled.float(), plain, rtol=2e-2, atol=5e-2)
 
 
 def test_fused_block_needs_a_folded_block():
@@ -65,6 +98,12 @@ def test_fused_detector_gives_the_same_detections(kind):
     assert not any(type(m) is nn.Conv2d for m in fused.modules())
     if kind == "c4":
         assert isinstance(fused.roi_heads.box_head.res5[0], FusedBlock)
+    else:  # the top-down add rides on the lateral convolution
+        assert type(fused.backbone).__name__ == "FusedFPN"
+        assert type(model.backbone).__name__ == "FPN"
+    # ReLUs that now run inside their convolution are gone
+    assert isinstance(fused.rpn.head.relu, nn.Identity)
+    assert isinstance(model.rpn.head.relu, nn.ReLU)
     with torch.inference_mode():
         assert_same_detections(model(inputs)[0], fused(inputs)[0], atol=1e-4)
 

@@ -1,5 +1,6 @@
 """RoIAlign with the sparse CPU backward: torchvision's forward and the same gradients, for every
-sampling mode and for boxes torchvision treats specially (empty, outside, on the border)."""
+sampling mode and for boxes torchvision treats specially (empty, outside, on the border); the
+sparse forward of channels_last maps gives torchvision's output."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 import torchvision
 
+import resdet.layers.roi_align as roi_align_module
 from resdet.layers.roi_align import MultiScaleRoIAlign, RoIAlignFunction, roi_align, roi_align_taps
 
 
@@ -93,3 +95,60 @@ def test_function_keeps_torchvisions_backward_signature():
     (g,) = torch.autograd.grad(y.sum(), x)
     assert g.shape == x.shape
     assert float(g.sum()) == pytest.approx(8.0)  # 4 bins x 2 channels, weights sum to 1
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_channels_last_inference_forward_matches_torchvision(aligned, sampling_ratio, monkeypatch):
+    # The no-grad forward of a channels_last map is the sparse product, not torchvision's call.
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 13, 17)
+    rois = _rois(40, 3).float()
+    args = ((7, 5), 0.25, sampling_ratio, aligned)
+    ref = torchvision.ops.roi_align(x, rois, *args)
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    calls = []
+    real = roi_align_module._sparse_forward_nhwc
+    monkeypatch.setattr(
+        roi_align_module, "_sparse_forward_nhwc", lambda *a: calls.append(1) or real(*a)
+    )
+    with torch.inference_mode():
+        out = roi_align(nhwc, rois, *args)
+        as_list = roi_align(nhwc, [rois[rois[:, 0] == 0, 1:]], *args)
+    assert len(calls) == 2
+    assert out.dtype == x.dtype and out.shape == ref.shape
+    assert ref.abs().sum() > 0
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(as_list, ref[rois[:, 0] == 0], rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_bf16_forward_under_autocast():
+    # What the fused bf16 path hands the pooler: a bf16 NHWC map inside CPU autocast. The
+    # product runs in fp32 (the sparse kernel has no bf16) and comes back in bf16.
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 20, 24).bfloat16().contiguous(memory_format=torch.channels_last)
+    rois = _rois(30, 4).float()
+    rois[:, 0] = 0
+    ref = torchvision.ops.roi_align(x.float(), rois, 7, 0.5, 0, False)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roi_align(x, rois, 7, 0.5, 0, False)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2)
+
+
+def test_multiscale_pooler_channels_last_inference():
+    torch.manual_seed(0)
+    feats = {f"p{i}": torch.randn(2, 4, 512 >> i, 640 >> i) for i in range(2, 6)}
+    boxes = []
+    for _ in range(2):
+        b = torch.rand(50, 4) * 100
+        b[:, 2:] = b[:, :2] + torch.empty(50, 2).uniform_(2.0, 6.0).exp()
+        boxes.append(b)
+    shapes = [(512, 640)] * 2
+    pool = MultiScaleRoIAlign(list(feats), 7, 0)
+    with torch.inference_mode():
+        ref = torchvision.ops.MultiScaleRoIAlign(list(feats), 7, 0)(feats, boxes, shapes)
+        nhwc = {k: v.contiguous(memory_format=torch.channels_last) for k, v in feats.items()}
+        out = pool(nhwc, boxes, shapes)
+    assert len({int(v) for v in pool.map_levels(boxes)}) > 1  # several levels were pooled
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

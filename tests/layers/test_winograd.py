@@ -167,3 +167,20 @@ def test_switch_leaves_other_convolutions_alone():
                                                                     dilation=2))  # fmt: skip
     assert winograd_training_(model) == ["0"]
     assert type(model[1]) is nn.Conv2d and type(model[3]) is nn.Conv2d
+
+
+@needs_winograd
+@pytest.mark.parametrize("capability,expected", [("AVX2", True), ("AVX512", False)])
+def test_evaluation_uses_winograd_where_it_beats_onednn(capability, expected, monkeypatch):
+    # TEST.WINOGRAD asks for it; the CPU decides (AVX-512: oneDNN's kernels are faster).
+    from resdet.config import Config
+    from resdet.engine.detection import inference_model
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    model, _ = tiny_detector("fpn")
+    cfg = Config()
+    fast = inference_model(model, cfg)
+    assert any(getattr(m, "winograd", False) for m in fast.modules()) == expected
+    cfg.TEST.WINOGRAD = False
+    fast = inference_model(model, cfg)
+    assert not any(getattr(m, "winograd", False) for m in fast.modules())

@@ -94,12 +94,15 @@ def test_bf16_autocast_keeps_the_boxes():
     base = calibrated_model(ModelSpec.parse("r18_fpn"), size)
     inputs = make_inputs(size, 1)
     dets = {}
-    for name in ("r18_fpn", "r18_fpn+bf16"):
+    # Autocast on the plain model, and on the fused copy (bf16 weights in the fused oneDNN
+    # calls, RoIAlign on the NHWC map); the fused runner folds ``base`` in place, so it is last.
+    for name in ("r18_fpn", "r18_fpn+bf16", "r18_fpn+fuse+bf16"):
         runner = Runner(ModelSpec.parse(name), base, "infer", inputs)
         with torch.inference_mode(), runner._autocast():
             dets[name] = runner.model(inputs.resdet)[0]
     ref = {k: v[:10] for k, v in dets["r18_fpn"].items()}  # the 10 best fp32 detections
-    agree = detection_agreement(ref, dets["r18_fpn+bf16"], iou=0.7)
-    # Boxes, not scores: with random (calibrated) weights bf16 rounding moves class scores by
-    # up to ~0.2, but the boxes stay where they were.
-    assert agree["matched"] >= 0.8 and agree["mean_iou"] >= 0.8, agree
+    for name in ("r18_fpn+bf16", "r18_fpn+fuse+bf16"):
+        agree = detection_agreement(ref, dets[name], iou=0.7)
+        # Boxes, not scores: with random (calibrated) weights bf16 rounding moves class scores
+        # by up to ~0.2, but the boxes stay where they were.
+        assert agree["matched"] >= 0.8 and agree["mean_iou"] >= 0.8, (name, agree)

@@ -47,6 +47,10 @@ class FPN(Backbone):
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return dict(self._shapes)
 
+    def _lateral_plus(self, lateral: nn.Module, feat: torch.Tensor, top_down: torch.Tensor):
+        """``lateral(feat) + top_down`` (a fused inference copy adds inside the convolution)."""
+        return lateral(feat) + top_down
+
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         bottom = self.bottom_up(x)
         feats = [bottom[n] for n in self.in_features]
@@ -55,7 +59,8 @@ class FPN(Backbone):
         for feat, lateral, output in zip(
             feats[-2::-1], list(self.lateral)[-2::-1], list(self.output)[-2::-1]
         ):
-            prev = lateral(feat) + F.interpolate(prev, size=feat.shape[-2:], mode="nearest")
+            top_down = F.interpolate(prev, size=feat.shape[-2:], mode="nearest")
+            prev = self._lateral_plus(lateral, feat, top_down)
             outs.insert(0, output(prev))
         result = {f"p{i + 2}": o for i, o in enumerate(outs)}
         result["p6"] = F.max_pool2d(outs[-1], kernel_size=1, stride=2)

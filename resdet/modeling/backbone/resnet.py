@@ -200,6 +200,7 @@ class ResNet(Backbone):
             self.maxpool = nn.Identity()
             stride = 1
         self.bn1 = get_norm(norm, width)
+        self.relu: nn.Module = nn.ReLU(inplace=True)  # a fused inference copy drops it
         self._shapes: Dict[str, ShapeSpec] = {"stem": ShapeSpec(width, stride)}
 
         in_ch = width
@@ -307,7 +308,7 @@ class ResNet(Backbone):
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         outputs: Dict[str, torch.Tensor] = {}
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x)), inplace=True))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         names = ["stem", *self.stage_names]
         if "stem" in self.out_features:
             outputs["stem"] = x

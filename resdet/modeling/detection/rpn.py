@@ -38,6 +38,7 @@ class RPNHead(nn.Module):
     def __init__(self, in_channels: int, num_anchors: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        self.relu = nn.ReLU()  # a module: the fused inference copy runs it inside ``conv``
         self.objectness = nn.Conv2d(in_channels, num_anchors, 1)
         self.deltas = nn.Conv2d(in_channels, num_anchors * 4, 1)
         for layer in (self.conv, self.objectness, self.deltas):
@@ -49,7 +50,7 @@ class RPNHead(nn.Module):
     ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         logits, deltas = [], []
         for x in features:
-            t = F.relu(self.conv(x))
+            t = self.relu(self.conv(x))
             logits.append(self.objectness(t))
             deltas.append(self.deltas(t))
         return logits, deltas
