@@ -36,7 +36,7 @@ from torchvision.ops import roi_align as _torchvision_roi_align
 from torchvision.ops._utils import convert_boxes_to_roi_format
 from torchvision.ops.poolers import _setup_scales
 
-__all__ = ["MultiScaleRoIAlign", "RoIAlignFunction", "roi_align", "roi_align_taps"]
+__all__ = ["MultiScaleRoIAlign", "RoIAlignFunction", "box_dtype", "roi_align", "roi_align_taps"]
 
 BoxesType = Union[torch.Tensor, List[torch.Tensor]]
 
@@ -124,6 +124,7 @@ def _sparse_backward(
 ) -> torch.Tensor:
     n, c, h, w = (int(s) for s in feature_shape)
     r, _, ph, pw = grad.shape
+    grad = grad.to(box_dtype(grad.dtype))  # bf16 (autocast): the sparse product is fp32 only
     bins, pixel, weight = roi_align_taps(
         rois.to(grad.dtype), feature_shape, (ph, pw), spatial_scale, sampling_ratio, aligned
     )
@@ -198,7 +199,7 @@ class RoIAlignFunction(torch.autograd.Function):
         aligned: bool,
     ) -> torch.Tensor:
         ctx.save_for_backward(rois)
-        ctx.shape = x.shape
+        ctx.shape, ctx.dtype = x.shape, x.dtype
         ctx.args = (spatial_scale, sampling_ratio, aligned)
         return torch.ops.torchvision.roi_align(
             x, rois, spatial_scale, output_size[0], output_size[1], sampling_ratio, aligned
@@ -211,7 +212,7 @@ class RoIAlignFunction(torch.autograd.Function):
         (rois,) = ctx.saved_tensors
         spatial_scale, sampling_ratio, aligned = ctx.args
         if grad.device.type == "cpu":
-            grad_x = _sparse_backward(grad, rois, ctx.shape, *ctx.args)
+            grad_x = _sparse_backward(grad, rois, ctx.shape, *ctx.args).to(ctx.dtype)
         else:
             n, c, h, w = ctx.shape
             grad_x = torch.ops.torchvision._roi_align_backward(
@@ -219,6 +220,13 @@ class RoIAlignFunction(torch.autograd.Function):
                 n, c, h, w, sampling_ratio, aligned,
             )  # fmt: skip
         return grad_x, None, None, None, None, None
+
+
+def box_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype RoI coordinates and taps are computed in next to a map of ``dtype``: the map's
+    own, but fp32 for a bf16 / fp16 one (autocast): a bf16 coordinate near 1000 px is only
+    good to 4 px, and torchvision's autocast wrapper computes RoIAlign in fp32 anyway."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
 def _pools_nhwc(x: torch.Tensor) -> bool:
@@ -258,8 +266,9 @@ def roi_align(
         return _torchvision_roi_align(x, boxes, output_size, spatial_scale, sampling_ratio, aligned)
     rois = boxes if isinstance(boxes, torch.Tensor) else convert_boxes_to_roi_format(boxes)
     return RoIAlignFunction.apply(
-        x, rois.to(x.dtype), size, float(spatial_scale), int(sampling_ratio), bool(aligned)
-    )
+        x, rois.to(box_dtype(x.dtype)), size, float(spatial_scale), int(sampling_ratio),
+        bool(aligned),
+    )  # fmt: skip
 
 
 class MultiScaleRoIAlign(_TorchvisionMultiScaleRoIAlign):

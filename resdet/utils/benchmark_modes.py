@@ -284,10 +284,11 @@ def coco_ap(
     weights: str, dtype: Optional[torch.dtype], num_images: int, dataset: str = ""
 ) -> Dict[str, float]:
     """COCO AP of a trained checkpoint on the first ``num_images`` of ``dataset`` (default:
-    its config's test set), in fp32 (``dtype`` None) or under autocast with ``dtype``."""
+    its config's test set), in fp32 (``dtype`` None) or under autocast with ``dtype``, of the
+    model evaluation runs (:func:`~resdet.engine.detection.inference_model`)."""
     from resdet.config import config_from_dict
     from resdet.engine.checkpoint import load_checkpoint, load_model_weights
-    from resdet.engine.detection import evaluate_detector, load_detection_data
+    from resdet.engine.detection import evaluate_detector, inference_model, load_detection_data
     from resdet.modeling.detection.build import build_detector
 
     cfg = config_from_dict(load_checkpoint(weights)["config"], weights)
@@ -299,7 +300,10 @@ def coco_ap(
     amp = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else contextlib.nullcontext
     with tempfile.TemporaryDirectory() as tmpdir:
         t0 = time.perf_counter()
-        res = evaluate_detector(model, cfg, [(meta.name, records[:num_images], meta)], amp, tmpdir)
+        # The model evaluation runs (TEST.FAST_INFERENCE: the fused copy; under bf16 autocast
+        # its convolutions run in bf16 inside the fused oneDNN calls).
+        fast = inference_model(model, cfg)
+        res = evaluate_detector(fast, cfg, [(meta.name, records[:num_images], meta)], amp, tmpdir)
     return {"AP": res.get("coco/AP", float("nan")), "seconds": time.perf_counter() - t0}
 
 

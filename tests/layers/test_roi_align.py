@@ -8,6 +8,9 @@ import pytest
 import torch
 import torchvision
 
+# pytest puts this folder on sys.path (rootdir-relative "prepend" import mode).
+from test_fold import tiny_detector
+
 import resdet.layers.roi_align as roi_align_module
 from resdet.layers.roi_align import MultiScaleRoIAlign, RoIAlignFunction, roi_align, roi_align_taps
 
@@ -152,3 +155,47 @@ def test_multiscale_pooler_channels_last_inference():
         out = pool(nhwc, boxes, shapes)
     assert len({int(v) for v in pool.map_levels(boxes)}) > 1  # several levels were pooled
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_forward_and_backward_keep_fp32_boxes():
+    # Under CPU bf16 autocast: the RoIs stay fp32 (a bf16 x near 1000 px is only good to 4 px),
+    # the pooling runs in fp32, and the sparse backward (fp32-only kernel) returns a bf16
+    # gradient close to the fp32 one.
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 300, 300)
+    rois = torch.tensor([[0.0, 1001.0, 1003.0, 1150.0, 1110.0], [0.0, 5.0, 7.0, 90.0, 60.0]])
+    ref_x = x.clone().requires_grad_()
+    ref = torchvision.ops.roi_align(ref_x, rois, 7, 0.25, 0, True)
+    g = torch.randn_like(ref)
+    (want,) = torch.autograd.grad(ref, ref_x, g)
+    xb = x.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roi_align(xb, rois, 7, 0.25, 0, True)
+    (got,) = torch.autograd.grad(out, xb, g.to(out.dtype))
+    assert got.dtype == torch.bfloat16
+    # The boxes were not rounded: bf16 map and gradient rounding only (~1e-2), not 4-px shifts.
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=3e-2)
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("kind", ["fpn", "c4"])
+def test_bf16_autocast_detector_training_step(kind, monkeypatch):
+    model, inputs = tiny_detector(kind)
+    model.train()
+    for x in inputs:
+        x["boxes"] = torch.tensor([[10.0, 10.0, 60.0, 70.0], [30.0, 20.0, 100.0, 90.0]])
+        x["labels"] = torch.tensor([1, 2])
+    pooled = []  # (map dtype, RoI dtype) of every RoIAlign call
+    real = RoIAlignFunction.apply
+    monkeypatch.setattr(
+        RoIAlignFunction, "apply", lambda *a: pooled.append((a[0].dtype, a[1].dtype)) or real(*a)
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(inputs)
+    sum(losses.values()).backward()
+    # FPN pools bf16 maps (its output convolutions ran under autocast); C4's res4 ends in a
+    # frozen-BN residual sum, fp32. Either way the RoIs arrive in fp32.
+    expected_map = torch.bfloat16 if kind == "fpn" else torch.float32
+    assert pooled and all(p == (expected_map, torch.float32) for p in pooled), pooled
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

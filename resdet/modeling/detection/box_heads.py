@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import roi_pool
 
-from resdet.layers.roi_align import MultiScaleRoIAlign, roi_align
+from resdet.layers.roi_align import MultiScaleRoIAlign, box_dtype, roi_align
 
 
 class C4BoxHead(nn.Module):
@@ -57,7 +57,7 @@ class C4BoxHead(nn.Module):
         image_sizes: List[Tuple[int, int]],
     ) -> torch.Tensor:
         x = features[self.in_feature]
-        boxes = [p.to(x.dtype) for p in proposals]
+        boxes = [p.to(box_dtype(x.dtype)) for p in proposals]
         if self.pooler_type == "ROIAlign":
             pooled = roi_align(
                 x, boxes, self.resolution, self.scale, self.sampling_ratio, aligned=True
@@ -102,7 +102,7 @@ class FPNBoxHead(nn.Module):
         first = feats[self.pooler.featmap_names[0]]
         # MultiScaleRoIAlign infers each level's scale from the padded input size.
         input_size = (first.shape[-2] * self.first_stride, first.shape[-1] * self.first_stride)
-        dtype = first.dtype
-        x = self.pooler(feats, [p.to(dtype) for p in proposals], [input_size] * len(proposals))
+        boxes = [p.to(box_dtype(first.dtype)) for p in proposals]
+        x = self.pooler(feats, boxes, [input_size] * len(proposals))
         x = F.relu(self.fc1(x.flatten(1)))
         return F.relu(self.fc2(x))
