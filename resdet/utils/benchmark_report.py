@@ -179,6 +179,20 @@ def check_targets(results: Dict[str, Any]) -> List[Dict[str, str]]:
         out.append({"target": "R50-C4 (1000 proposals) inference time <= 2x torchvision R50-FPN"
                     + note, "measured": f"{ratio:.2f}x ({c4['model']})",
                     "status": _verdict(ratio <= 2.0)})  # fmt: skip
+    # bf16: against torchvision's fp32, and the AP change of a trained detector.
+    bf = [r for r in rows if r["model"].split("+")[0] == "r50_fpn" and "bf16" in r["model"]]
+    if tv and bf:
+        best = min(bf, key=lambda r: r["wall"]["median"])
+        speed = tv["wall"]["median"] / best["wall"]["median"]
+        out.append({"target": "R50-FPN bf16 inference throughput >= 4x torchvision fp32" + note,
+                    "measured": f"{speed:.2f}x ({best['model']})",
+                    "status": _verdict(speed >= 4.0)})  # fmt: skip
+    ap = (results.get("bf16") or {}).get("ap")
+    if ap:
+        diff = ap["diff_points"]
+        out.append({"target": "bf16 AP within 0.3 points of fp32 (trained detector)",
+                    "measured": f"{diff:+.2f} points on {ap['images']} images",
+                    "status": _verdict(abs(diff) <= 0.3)})  # fmt: skip
     return out
 
 
