@@ -26,6 +26,7 @@ from resdet.config.schema import Config
 from resdet.data.det_transforms import build_det_transforms
 from resdet.data.image_io import read_image
 from resdet.data.records import DatasetError
+from resdet.engine.amp import autocast_factory
 from resdet.engine.checkpoint import load_checkpoint, load_model_weights
 from resdet.engine.detection import inference_model
 from resdet.engine.runtime import resolve_device
@@ -183,7 +184,8 @@ class Predictor:
         weights: a resdet detector checkpoint (``.pth``).
         device: "auto" (CUDA when available), "cpu" or "cuda".
         score_thresh: keep detections scoring above this (default ``SCORE_THRESH_TEST``).
-        overrides: ``KEY VALUE`` config overrides applied after loading ``config``.
+        overrides: ``KEY VALUE`` config overrides applied after loading ``config``
+            (e.g. ``["SOLVER.AMP.ENABLED", "True"]`` for bf16 inference, as evaluation does).
 
     Raises:
         FileNotFoundError / RuntimeError: unreadable checkpoint.
@@ -229,6 +231,10 @@ class Predictor:
         # What __call__ runs: a folded (and on CPU fused) copy with TEST.FAST_INFERENCE;
         # ``model`` stays the plain module (tools/export.py traces it).
         self.inference_model = inference_model(self.model, cfg)
+        # The precision evaluation uses too: SOLVER.AMP (bf16 autocast on CPU runs the fused
+        # convolutions in bf16, ~4x faster on a CPU with AMX).
+        amp = cfg.SOLVER.AMP
+        self._autocast = autocast_factory(self.device.type, amp.ENABLED, amp.DTYPE)
         self.class_names, self.category_ids = resolve_class_names(cfg, ckpt.get("extra"))
         self.transform = build_det_transforms(
             cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, 0.0, is_train=False
@@ -245,7 +251,8 @@ class Predictor:
     def __call__(self, image: Any) -> Detections:
         """Detect objects in one image (path, PIL image or array; see :func:`to_rgb_uint8`)."""
         tensor, (h, w) = self.preprocess(image)
-        (det,) = self.inference_model([{"image": tensor, "orig_size": (h, w)}])
+        with self._autocast():
+            (det,) = self.inference_model([{"image": tensor, "orig_size": (h, w)}])
         return Detections(
             boxes=det["boxes"].float().cpu().numpy().reshape(-1, 4),
             scores=det["scores"].float().cpu().numpy(),

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torchvision.ops import box_iou
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from resdet.config import config_to_dict, load_config
@@ -95,6 +96,24 @@ def test_fast_inference_copy_is_what_runs_and_can_be_switched_off(checkpoint):
     assert len(a) == len(b) > 0
     np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-2)
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+
+
+def test_bf16_inference_through_solver_amp(checkpoint):
+    # SOLVER.AMP switches the Predictor's precision as it does evaluation's: the fused copy's
+    # convolutions then run in bf16 (one autocast region per call), the boxes stay put.
+    path, _ = checkpoint
+    fp32 = Predictor(None, path, score_thresh=0.2)
+    bf16 = Predictor(None, path, score_thresh=0.2, overrides=["SOLVER.AMP.ENABLED", "True"])
+    dtypes = []
+    conv = next(m for m in bf16.inference_model.modules() if type(m).__name__ == "FusedConv2d")
+    conv.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    image = _image(120, 200, seed=3)
+    a, b = fp32(image), bf16(image)
+    assert dtypes == [torch.bfloat16]
+    assert len(a) > 0 and b.boxes.dtype == np.float32
+    top = lambda d: torch.from_numpy(d.boxes[int(np.argmax(d.scores))])[None]  # noqa: E731
+    iou = float(box_iou(top(a), top(b)))
+    assert iou > 0.9, iou
 
 
 def test_any_image_mode(checkpoint, tmp_path):

@@ -171,7 +171,8 @@ class SolverConfig:
     FOLD_FROZEN_BN: bool = True
     # Detection training on CPU: 3x3 stride-1 convolutions (32+ channels) compute forward,
     # input and weight gradients as Winograd convolutions (resdet.layers.winograd): same
-    # parameters and keys, gradients within ~1e-5 relative; R50-FPN steps 1.5x faster here.
+    # parameters and keys, gradients within ~1e-5 relative; R50-FPN steps 1.5x faster on an
+    # AVX2 CPU, 1.15x on an AVX-512/AMX one (BENCHMARKS.md).
     # Other devices, autocast and small maps run the ordinary convolution either way.
     WINOGRAD: bool = True
     AMP: AMPConfig = field(default_factory=AMPConfig)

@@ -12,15 +12,21 @@ Measured on an AVX2 CPU (``BENCHMARKS.md``): a 1x1 convolution + ReLU runs ~2x f
 ``F.conv2d`` + ``F.relu`` in NCHW, and the block's last 1x1 convolution + residual add + ReLU
 ~8x faster (it is memory-bound when unfused).
 
+Under CPU bf16 autocast (where oneDNN computes bf16: AVX-512 BF16 / AMX) the same fused calls
+run in bf16, with each weight cast once and kept, instead of autocast's per-call casts and
+separate bias / ReLU / add passes: R50-FPN at 800x1333 then runs ~5x torchvision's fp32 speed
+on an AMX CPU (``BENCHMARKS.md``). The FPN's top-down add rides on its lateral convolution.
+
 3x3 stride-1 convolutions (the bottleneck's middle convolution, the FPN output and RPN head
 convolutions: about half of an R50-FPN's multiply-adds) can run as Winograd convolutions
 through NNPACK (:mod:`resdet.layers.winograd`): ~4x fewer multiplications at a rounding error
-~1e-5 of the output's range; R50-FPN at 800x1333 runs 1.65x torchvision's speed at the same
-peak memory (``BENCHMARKS.md``).
+~1e-5 of the output's range. That pays on AVX2-only CPUs (R50-FPN 1.65x torchvision's speed
+there, against 1.20x without); on AVX-512 CPUs oneDNN's own kernels are faster, and
+evaluation leaves it off there (:func:`~resdet.layers.winograd.winograd_pays_for_inference`).
 
 Only for inference on a folded copy: the fused modules have no autograd formula. Where the
-fused kernel does not apply (no oneDNN, CUDA tensors, autocast, gradients) every module falls
-back to the plain ops, so a fused model still runs anywhere, just without the gain.
+fused kernel does not apply (no oneDNN, CUDA tensors, fp16 autocast, gradients) every module
+falls back to the plain ops, so a fused model still runs anywhere, just without the gain.
 """
 
 from __future__ import annotations

@@ -15,10 +15,14 @@ Two facts shape how it is called:
 - NNPACK has no backward. :class:`WinogradConv2dFunction` supplies one: the input gradient of a
   3x3 stride-1 convolution (padding 1) is itself such a convolution, of the output gradient
   with the flipped, transposed kernel, and runs through the same Winograd kernels; the weight
-  and bias gradients come from oneDNN (``aten.convolution_backward``).
+  gradient is a Winograd F(4x4, 3x3) correlation of input and output gradient tiles
+  (:func:`winograd_weight_grad`, batched GEMMs).
 
-Measured on this repository's AVX2 machine (``BENCHMARKS.md``), 256 channels at 200x336, batch
-2: forward 3.1x, forward + backward 1.7x faster than oneDNN's direct convolution.
+Measured (``BENCHMARKS.md``), 256 channels at 200x336, batch 2: on an AVX2-only CPU forward
+3.1x, forward + backward 2.4x faster than oneDNN's direct convolution. On an AVX-512 CPU with
+AMX oneDNN's forward is as fast as NNPACK's (inference leaves Winograd off there:
+:func:`winograd_pays_for_inference`), while the training step still gains (R50-FPN 1.34x
+torchvision's speed against 1.16x without), oneDNN's fp32 weight gradient being the slow part.
 
 :func:`winograd_training_` switches a model's eligible convolutions to this path in place (same
 parameters, state-dict keys and optimizer); :mod:`resdet.layers.fuse` uses the forward for
