@@ -174,12 +174,16 @@ def _sparse_forward_nhwc(
     bins, pixel, weight = roi_align_taps(
         rois.to(torch.float32), x.shape, output_size, spatial_scale, sampling_ratio, aligned
     )
+    # The taps come bin-major (sorted by bin), so the CSR row pointers are a cumulative count;
+    # a pixel tapped twice in one bin stays two entries, which the product sums.
+    rows_ptr = torch.zeros(r * ph * pw + 1, dtype=torch.long)
+    torch.cumsum(torch.bincount(bins, minlength=r * ph * pw), 0, out=rows_ptr[1:])
     # Outside autocast: it would cast ``rows`` to bf16, which the sparse product lacks.
     with warnings.catch_warnings(), torch.autocast("cpu", enabled=False):
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta state"
-        taps = torch.sparse_coo_tensor(
-            torch.stack([bins, pixel]), weight, (r * ph * pw, n * h * w)
-        ).to_sparse_csr()  # duplicate (bin, pixel) taps are summed
+        taps = torch.sparse_csr_tensor(
+            rows_ptr, pixel, weight, (r * ph * pw, n * h * w), check_invariants=False
+        )
         out = taps @ rows
     return out.view(r, ph, pw, c).permute(0, 3, 1, 2).to(x.dtype)
 
