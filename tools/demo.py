@@ -1,6 +1,7 @@
 """The demo: classification pretraining -> Faster R-CNN on the embedded shapes dataset.
 
     python tools/demo.py                      # what `make demo` runs (< 20 min on 2 cores)
+    python tools/demo.py --schedule default   # fp32, 1,000 iterations, whatever the CPU
     python tools/demo.py --quick              # a ~1 minute smoke run of every step
     python tools/demo.py --long               # a longer schedule aimed at the accuracy targets
     python tools/demo.py --det-opts SOLVER.MAX_ITER 600 --cls-opts SOLVER.MAX_ITER 400
@@ -24,7 +25,7 @@ except ImportError:  # run from a checkout without installing: put the repo root
 
 from resdet.config import ConfigError
 from resdet.data.records import DatasetError
-from resdet.engine.demo import DemoOptions, run_demo
+from resdet.engine.demo import SCHEDULES, DemoOptions, default_schedule, run_demo
 
 
 def _print_summary(s: dict) -> None:
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="tiny smoke run (about a minute)")
     mode.add_argument("--long", action="store_true", help="longer schedule for the AP targets")
+    mode.add_argument(
+        "--schedule",
+        choices=sorted(SCHEDULES),
+        help="a schedule by name (default: 'bf16' on CPUs with native bf16, else 'default')",
+    )
     parser.add_argument(
         "--output", default="", help="output folder (default output/demo[_quick|_long])"
     )
@@ -67,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="data generation processes")
     parser.add_argument("--num-vis", type=int, default=8, help="val images to draw")
     args = parser.parse_args(argv)
-    schedule = "quick" if args.quick else "long" if args.long else "default"
-    suffix = "" if schedule == "default" else f"_{schedule}"
+    schedule = (
+        "quick" if args.quick else "long" if args.long else args.schedule or default_schedule()
+    )
+    suffix = "" if schedule in ("default", "bf16") else f"_{schedule}"
     opts = DemoOptions(
         output=args.output or f"output/demo{suffix}",
         schedule=schedule,

@@ -14,7 +14,7 @@ Measured on an AVX2 CPU (``BENCHMARKS.md``): a 1x1 convolution + ReLU runs ~2x f
 
 Under CPU bf16 autocast (where oneDNN computes bf16: AVX-512 BF16 / AMX) the same fused calls
 run in bf16, with each weight cast once and kept, instead of autocast's per-call casts and
-separate bias / ReLU / add passes: R50-FPN at 800x1333 then runs ~5x torchvision's fp32 speed
+separate bias / ReLU / add passes: R50-FPN at 800x1333 then runs ~6x torchvision's fp32 speed
 on an AMX CPU (``BENCHMARKS.md``). The FPN's top-down add rides on its lateral convolution.
 
 3x3 stride-1 convolutions (the bottleneck's middle convolution, the FPN output and RPN head

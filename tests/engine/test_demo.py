@@ -13,7 +13,7 @@ import pytest
 from tool_loader import load_tool
 
 from resdet.config import ConfigError
-from resdet.engine.demo import DemoOptions, build_configs, run_demo
+from resdet.engine.demo import DemoOptions, build_configs, default_schedule, run_demo
 from resdet.engine.demo_steps import Background, prepare_step
 
 STEPS = ("data", "cls", "det", "det_eval", "scratch", "scratch_eval", "report")
@@ -114,6 +114,34 @@ def test_build_configs_wires_the_runs(tmp_path):
         build_configs(DemoOptions(schedule="medium"), str(tmp_path / "data"))
     with pytest.raises(ConfigError, match="SOLVER.MAX_ITR"):
         build_configs(DemoOptions(det_opts=["SOLVER.MAX_ITR", "3"]), str(tmp_path / "data"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_cpu_picks_the_default_schedule(native, tmp_path, monkeypatch):
+    # bf16 where the CPU computes it (both detectors in bf16, the long schedule's iterations);
+    # fp32 and 1,000 iterations elsewhere. Either way into output/demo.
+    monkeypatch.setattr("resdet.engine.amp.cpu_has_native_bf16", lambda: native)
+    name = default_schedule()
+    assert name == ("bf16" if native else "default")
+    configs, _ = build_configs(DemoOptions(schedule=name), str(tmp_path / "data"))
+    det, scratch = configs["det"], configs["scratch"]
+    assert det.SOLVER.AMP.ENABLED == scratch.SOLVER.AMP.ENABLED == native
+    assert det.SOLVER.MAX_ITER == scratch.SOLVER.MAX_ITER == (3000 if native else 1000)
+    assert not configs["cls"].SOLVER.AMP.ENABLED  # the classifier trains in fp32 either way
+    seen = []
+
+    def record(opts):  # what the tool would run, without running it
+        seen.append(opts)
+        raise KeyboardInterrupt
+
+    tool = load_tool("demo")
+    monkeypatch.setattr(tool, "run_demo", record)
+    with pytest.raises(KeyboardInterrupt):
+        tool.main([])
+    assert (seen[0].schedule, seen[0].output) == (name, "output/demo")
+    with pytest.raises(KeyboardInterrupt):
+        tool.main(["--schedule", "default"])
+    assert seen[1].schedule == "default"
 
 
 def test_tool_rejects_quick_with_long():
