@@ -202,8 +202,9 @@ def demo_rows(path: str = DEMO_RESULTS) -> list[str]:
     scratch_ap = f" (from scratch: {pct(scr['AP'])} / {pct(scr['AP50'])})" if scr else ""
     scratch_voc = f" (from scratch: {pct(scr['VOC07_mAP'])})" if scr else ""
     return [
-        f"`make demo` schedule `{r['schedule']}` on a 2-core CPU; the detector is fine-tuned "
-        "from the shapes_cls_r18 classifier.",
+        f"`make demo` schedule `{r['schedule']}` on a 2-core CPU (a schedule's iteration and "
+        "precision overrides of these configs are in `resdet/engine/demo.py`, `SCHEDULES`); "
+        "the detector is fine-tuned from the shapes_cls_r18 classifier.",
         "",
         *head,
         f"| shapes_cls_r18 | val top-1 error % (crops) | {pct(r['top1_err'])} |",
