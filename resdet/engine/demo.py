@@ -41,6 +41,7 @@ from resdet.data.catalog import (
 )
 from resdet.data.shapes import generate_shapes, shapes_paths, validate_shapes
 from resdet.engine import classification, detection
+from resdet.engine.amp import cpu_has_native_bf16
 from resdet.engine.demo_steps import Background, StepTimer, prepare_step
 from resdet.utils.logging import close_logging, setup_logging
 
@@ -126,8 +127,6 @@ SCHEDULES: Dict[str, Schedule] = {
 def default_schedule() -> str:
     """The schedule ``make demo`` runs here: "bf16" where the CPU computes bf16 natively, else
     "default" (fp32; emulated bf16 would be many times slower)."""
-    from resdet.engine.amp import cpu_has_native_bf16
-
     return "bf16" if cpu_has_native_bf16() else "default"
 
 
