@@ -242,6 +242,7 @@ def _pools_nhwc(x: torch.Tensor) -> bool:
         and x.is_contiguous(memory_format=torch.channels_last)
         and not torch.jit.is_tracing()
         and not torch.jit.is_scripting()
+        and not torch.compiler.is_compiling()  # export / compile see torchvision's op
     )
 
 
