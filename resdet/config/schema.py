@@ -91,8 +91,8 @@ class ModelConfig:
     INPUT_FORMAT: str = "RGB"  # "BGR" for MSRA/Caffe2 weights
     PIXEL_MEAN: List[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
     PIXEL_STD: List[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
-    # NHWC weights and activations. For fp32 training on an AVX-512 CPU the fastest layout (with
-    # SOLVER.WINOGRAD False: R50-FPN step 1.42x torchvision); slower for training on AVX2 CPUs.
+    # NHWC weights and activations everywhere (CUDA included). CPU detection training on AVX-512
+    # CPUs goes NHWC anyway (SOLVER.CPU_CHANNELS_LAST); on AVX2 CPUs NHWC training is slower.
     CHANNELS_LAST: bool = False
     BACKBONE: BackboneConfig = field(default_factory=BackboneConfig)
     FPN: FPNConfig = field(default_factory=FPNConfig)
@@ -171,13 +171,15 @@ class SolverConfig:
     # the fly (resdet.layers.fold.fold_frozen_bn_training_): same parameters, checkpoint keys,
     # outputs and gradients, two fewer passes over every frozen-BN activation.
     FOLD_FROZEN_BN: bool = True
-    # Detection training on CPU: 3x3 stride-1 convolutions (32+ channels) compute forward,
-    # input and weight gradients as Winograd convolutions (resdet.layers.winograd): same
-    # parameters and keys, gradients within ~1e-5 relative; R50-FPN steps 1.5x faster on an
-    # AVX2 CPU, 1.15x on an AVX-512/AMX one, where MODEL.CHANNELS_LAST without Winograd is
-    # faster still (BENCHMARKS.md).
+    # Detection training on CPUs where NNPACK beats oneDNN (AVX2-only): 3x3 stride-1
+    # convolutions (32+ channels) compute forward, input and weight gradients as Winograd
+    # convolutions (resdet.layers.winograd): same parameters and keys, gradients within ~1e-5
+    # relative; R50-FPN steps 1.5x faster (BENCHMARKS.md).
     # Other devices, autocast and small maps run the ordinary convolution either way.
     WINOGRAD: bool = True
+    # Detection training on AVX-512 CPUs: the model trains channels_last (oneDNN's NHWC
+    # kernels; R50-FPN step 1.42x torchvision against 1.12x NCHW and 1.26x with Winograd).
+    CPU_CHANNELS_LAST: bool = True
     AMP: AMPConfig = field(default_factory=AMPConfig)
 
 

@@ -20,9 +20,8 @@ Two facts shape how it is called:
 
 Measured (``BENCHMARKS.md``), 256 channels at 200x336, batch 2: on an AVX2-only CPU forward
 3.1x, forward + backward 2.4x faster than oneDNN's direct convolution. On an AVX-512 CPU with
-AMX oneDNN's forward is as fast as NNPACK's (inference leaves Winograd off there:
-:func:`winograd_pays_for_inference`), while the training step still gains (R50-FPN 1.34x
-torchvision's speed against 1.16x without), oneDNN's fp32 weight gradient being the slow part.
+AMX oneDNN's forward is as fast as NNPACK's and its NHWC kernels train faster still, so
+evaluation and training use Winograd only where :func:`winograd_pays` (AVX2-only CPUs).
 
 :func:`winograd_training_` switches a model's eligible convolutions to this path in place (same
 parameters, state-dict keys and optimizer); :mod:`resdet.layers.fuse` uses the forward for
@@ -46,7 +45,8 @@ __all__ = [
     "winograd_backward",
     "winograd_conv2d",
     "winograd_forward",
-    "winograd_pays_for_inference",
+    "winograd_pays",
+    "channels_last_pays_for_training",
     "winograd_shape",
     "winograd_training_",
     "winograd_weight_grad",
@@ -75,16 +75,24 @@ def winograd_available() -> bool:
     return bool(torch.backends.nnpack.is_available()) and torch._C._get_nnpack_enabled()
 
 
-def winograd_pays_for_inference() -> bool:
-    """Whether the Winograd inference path beats oneDNN's fused convolutions on this CPU.
+def winograd_pays() -> bool:
+    """Whether NNPACK's Winograd convolutions beat oneDNN on this CPU: where the best vector ISA
+    is AVX2.
 
     Measured on R50-FPN at 800x1333 (``BENCHMARKS.md``): on an AVX2-only CPU Winograd makes
-    inference 1.65x torchvision's speed against 1.20x without; on an AVX-512 CPU (with AMX)
-    oneDNN's own 3x3 kernels are as fast as NNPACK's per layer and the whole model is slower
-    with Winograd (1.33x against 1.47x). So: where the best vector ISA is AVX2. (Training
-    gains on both: oneDNN's weight gradient is the slow part there.)
+    inference 1.65x torchvision's speed against 1.20x without, and the training step 1.61x; on
+    an AVX-512 CPU (with AMX) oneDNN's own kernels are as fast per layer, inference is slower
+    with Winograd (1.30x against 1.68x) and training is fastest channels_last without it
+    (1.42x against 1.26x: :func:`channels_last_pays_for_training`).
     """
     return winograd_available() and torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+def channels_last_pays_for_training() -> bool:
+    """Whether oneDNN's channels_last (NHWC) kernels are the fastest way to train on this CPU:
+    AVX-512 CPUs (R50-FPN step 1.42x torchvision in NHWC, 1.12x NCHW, 1.26x with Winograd;
+    ``BENCHMARKS.md``). On the AVX2-only CPU measured, NHWC training was slower than NCHW."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def winograd_shape(conv: nn.Conv2d) -> bool:

@@ -170,6 +170,26 @@ def test_switch_leaves_other_convolutions_alone():
 
 
 @needs_winograd
+@pytest.mark.parametrize(
+    "capability,expected", [("AVX2", "winograd"), ("AVX512", "channels_last"), ("DEFAULT", "none")]
+)
+def test_training_path_follows_the_cpu(capability, expected, monkeypatch):
+    # AVX2-only: Winograd (NNPACK beats oneDNN); AVX-512: oneDNN's NHWC kernels; each key
+    # switches its own path off, and MODEL.CHANNELS_LAST already is NHWC.
+    from resdet.config import Config
+    from resdet.engine.detection import cpu_training_path
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    cfg, cpu = Config(), torch.device("cpu")
+    assert cpu_training_path(cfg, cpu) == expected
+    assert cpu_training_path(cfg, torch.device("cuda")) == "none"
+    cfg.SOLVER.WINOGRAD = cfg.SOLVER.CPU_CHANNELS_LAST = False
+    assert cpu_training_path(cfg, cpu) == "none"
+    cfg.SOLVER.CPU_CHANNELS_LAST, cfg.MODEL.CHANNELS_LAST = True, True
+    assert cpu_training_path(cfg, cpu) == "none"
+
+
+@needs_winograd
 @pytest.mark.parametrize("capability,expected", [("AVX2", True), ("AVX512", False)])
 def test_evaluation_uses_winograd_where_it_beats_onednn(capability, expected, monkeypatch):
     # TEST.WINOGRAD asks for it; the CPU decides (AVX-512: oneDNN's kernels are faster).

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from resdet.data.shapes import generate_shapes
+from resdet.layers.winograd import channels_last_pays_for_training, winograd_pays
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -96,20 +97,25 @@ def test_train_then_eval(tiny, tmp_path) -> None:
 
 
 def test_training_fast_paths_match_the_plain_model(tiny, tmp_path) -> None:
-    """SOLVER.FOLD_FROZEN_BN and SOLVER.WINOGRAD (both on by default) against both off."""
+    """SOLVER.FOLD_FROZEN_BN and the CPU's convolution path (SOLVER.WINOGRAD on AVX2-only CPUs,
+    SOLVER.CPU_CHANNELS_LAST on AVX-512 ones; all on by default) against all off."""
     cfg, env = tiny
     losses = {}
     for fast in ("True", "False"):
         out = tmp_path / fast
         args = ["tools/train_det.py", "--config", cfg, "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER",
                 "2", "DATASETS.TEST", "[]", "SOLVER.FOLD_FROZEN_BN", fast,
-                "SOLVER.WINOGRAD", fast]  # fmt: skip
+                "SOLVER.WINOGRAD", fast, "SOLVER.CPU_CHANNELS_LAST", fast]  # fmt: skip
         r = _run(args, env)
         assert r.returncode == 0, r.stderr[-3000:]
         log = (out / "log.txt").read_text()
         assert ("frozen BN applied to the weights of" in log) == (fast == "True")
         winograd = re.search(r"(\d+) convolutions train as Winograd convolutions", log)
-        assert (winograd is not None and int(winograd.group(1)) > 0) == (fast == "True")
+        nhwc = "the detector trains channels_last" in log
+        assert (winograd is not None and int(winograd.group(1)) > 0) == (
+            fast == "True" and winograd_pays()
+        )
+        assert nhwc == (fast == "True" and channels_last_pays_for_training())
         lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         losses[fast] = [x for x in lines if "loss" in x][-1]
     # Same parameters, same data: two steps give the same losses up to float rounding.
