@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from resdet.layers.winograd import winograd_available, winograd_conv2d, winograd_shape
 from resdet.modeling.backbone.fpn import FPN
 from resdet.modeling.backbone.resnet import BasicBlock, Bottleneck, ResNet
+from resdet.utils.classes import with_mixin
 
 __all__ = [
     "FusedBlock",
@@ -213,18 +214,6 @@ class _FusedFPNMixin:
         return lateral(feat) + top_down
 
 
-_FUSED_FPN_CLASSES: dict = {}
-
-
-def _fused_fpn_class(cls: type) -> type:
-    """``cls`` (an FPN class) with :class:`_FusedFPNMixin` in front, one class per original."""
-    if issubclass(cls, _FusedFPNMixin):
-        return cls
-    if cls not in _FUSED_FPN_CLASSES:
-        _FUSED_FPN_CLASSES[cls] = type(f"Fused{cls.__name__}", (_FusedFPNMixin, cls), {})
-    return _FUSED_FPN_CLASSES[cls]
-
-
 def fuse_for_inference(model: nn.Module, winograd: bool = False) -> nn.Module:
     """Replace, in place, the convolutions of a *folded* model by fused ones; returns it.
 
@@ -258,7 +247,7 @@ def fuse_for_inference(model: nn.Module, winograd: bool = False) -> nn.Module:
                 if relu:  # the stem's / RPN head's own ReLU would pass over the output again
                     parent.relu = nn.Identity()
         if isinstance(parent, FPN):
-            parent.__class__ = _fused_fpn_class(type(parent))
+            parent.__class__ = with_mixin(_FusedFPNMixin, type(parent), "Fused")
     if hasattr(model, "channels_last"):
         model.channels_last = True
     logger.debug("fused %d residual blocks", blocks)

@@ -37,6 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from resdet.utils.classes import with_mixin
+
 __all__ = [
     "WinogradConv2dFunction",
     "undo_winograd_training_",
@@ -283,16 +285,6 @@ class _WinogradMixin:
         return winograd_conv2d(x, weight, bias)
 
 
-_WINOGRAD_CLASSES: dict = {}
-
-
-def _winograd_class(cls: type) -> type:
-    """``cls`` with :class:`_WinogradMixin` in front (one class per original, cached)."""
-    if cls not in _WINOGRAD_CLASSES:
-        _WINOGRAD_CLASSES[cls] = type(f"Winograd{cls.__name__}", (_WinogradMixin, cls), {})
-    return _WINOGRAD_CLASSES[cls]
-
-
 def winograd_training_(model: nn.Module) -> List[str]:
     """Run ``model``'s 3x3 stride-1 convolutions (:func:`winograd_shape`) through
     :class:`WinogradConv2dFunction`, in place; returns their names.
@@ -309,7 +301,7 @@ def winograd_training_(model: nn.Module) -> List[str]:
     names = []
     for name, m in model.named_modules():
         if type(m) in (nn.Conv2d, _ConvThenFrozenBN) and winograd_shape(m):
-            m.__class__ = _winograd_class(type(m))
+            m.__class__ = with_mixin(_WinogradMixin, type(m), "Winograd")
             names.append(name)
     logger.debug("Winograd convolutions: %s", names)
     return names
