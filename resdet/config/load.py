@@ -76,6 +76,11 @@ def _closest(key: str, options: Sequence[str]) -> str:
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp``; ints widen to floats, lists are checked."""
     origin = typing.get_origin(tp)
+    if origin is typing.Union:  # Optional[X]: None (YAML null) or an X
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(value, inner, where)
     if origin in (list, List):
         if isinstance(value, tuple):
             value = list(value)

@@ -11,7 +11,7 @@ periods in iterations. Pixel statistics are in 0-255 units of ``MODEL.INPUT_FORM
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 
 @dataclass
@@ -40,6 +40,11 @@ class AnchorConfig:
     # One list per feature level; C4 has one level (stride 16) with the paper's 3 scales.
     SIZES: List[List[float]] = field(default_factory=lambda: [[128.0, 256.0, 512.0]])
     ASPECT_RATIOS: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    # torchvision's AnchorGenerator rounds each cell anchor's corners to whole pixels.
+    ROUND: bool = False
+    # torchvision's: each level's stride is (padded input size) // (feature size), per axis,
+    # not the backbone's nominal stride (p6 of a 352-px-high input: 352 // 6 = 58, not 64).
+    STRIDE_FROM_INPUT: bool = False
 
 
 @dataclass
@@ -59,6 +64,9 @@ class RPNConfig:
     LOSS_TYPE: str = "smooth_l1"  # or "l1"
     SMOOTH_L1_BETA: float = 0.0  # 0 makes smooth L1 plain L1 (the modern default)
     LOSS_WEIGHT: float = 1.0
+    # Rank proposals for NMS by sigmoid(objectness), as torchvision does, instead of the logit
+    # (same order, except that fp32 sigmoid ties logits above ~17 at 1.0).
+    SIGMOID_SCORES: bool = False
 
 
 @dataclass
@@ -69,6 +77,9 @@ class ROIHeadsConfig:
     POOLER_TYPE: str = "ROIAlign"  # or "ROIPool" (the paper's original)
     POOLER_RESOLUTION: int = 14  # C4: 14 (res5 halves it to 7); FPN: 7
     POOLER_SAMPLING_RATIO: int = 0  # 0 = adaptive, as torchvision.ops.roi_align
+    # RoIAlign's half-pixel offset (detectron2's ROIAlignV2). None = the head's own default:
+    # True for C4, False for FPN (torchvision's MultiScaleRoIAlign).
+    POOLER_ALIGNED: Optional[bool] = None
     BATCH_SIZE_PER_IMAGE: int = 512
     POSITIVE_FRACTION: float = 0.25
     IOU_THRESHOLD: float = 0.5
@@ -79,6 +90,9 @@ class ROIHeadsConfig:
     SCORE_THRESH_TEST: float = 0.05
     NMS_THRESH_TEST: float = 0.5
     DETECTIONS_PER_IMAGE: int = 100
+    # Detections narrower or lower than this (pixels) are dropped; 0 drops only empty boxes.
+    # torchvision's detectors use 0.01.
+    MIN_BOX_SIZE_TEST: float = 0.0
     FP32_BOX_PREDICTOR: bool = True  # keep the final cls/box layer in fp32 under autocast
 
 
@@ -91,6 +105,9 @@ class ModelConfig:
     INPUT_FORMAT: str = "RGB"  # "BGR" for MSRA/Caffe2 weights
     PIXEL_MEAN: List[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
     PIXEL_STD: List[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    # Pixels are divided by this before PIXEL_MEAN / PIXEL_STD apply: 1 for statistics in
+    # 0-255 units; torchvision's detectors read 0-1 images (255, with mean/std in 0-1 units).
+    PIXEL_SCALE: float = 1.0
     # NHWC weights and activations everywhere (CUDA included). CPU detection training on AVX-512
     # CPUs goes NHWC anyway (SOLVER.CPU_CHANNELS_LAST); on AVX2 CPUs NHWC training is slower.
     CHANNELS_LAST: bool = False

@@ -217,6 +217,7 @@ _INPUT_CONVENTIONS = (
     ("MODEL", "INPUT_FORMAT"),
     ("MODEL", "PIXEL_MEAN"),
     ("MODEL", "PIXEL_STD"),
+    ("MODEL", "PIXEL_SCALE"),
 )
 
 

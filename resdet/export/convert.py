@@ -29,7 +29,7 @@ import datetime
 import logging
 import os
 import re
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -132,7 +132,7 @@ def _infer_depth(blocks: Dict[int, int], bottleneck: bool, source: str) -> int:
     )
 
 
-def _layout_from_resdet_keys(sd: Mapping[str, Any], source: str) -> Tuple[int, int, int]:
+def layout_from_resdet_keys(sd: Mapping[str, Any], source: str) -> Tuple[int, int, int]:
     """``(depth, width, num_classes)`` from torchvision-style keys."""
     blocks: Dict[int, int] = {}
     for k in sd:
@@ -151,7 +151,7 @@ def _layout_from_resdet_keys(sd: Mapping[str, Any], source: str) -> Tuple[int, i
     return depth, width, num_classes
 
 
-def _as_tensors(sd: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+def as_tensors(sd: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
     """numpy arrays to tensors, floating point to float32 (Caffe2 blobs may be float64)."""
     out = {}
     for k, v in sd.items():
@@ -171,8 +171,8 @@ def torchvision_to_resdet(
 
     Returns ``(state_dict, config)``. Raises :class:`ConversionError` for non-ResNet layouts.
     """
-    sd = _as_tensors({k.removeprefix("module."): v for k, v in state_dict.items()})
-    depth, width, num_classes = _layout_from_resdet_keys(sd, source)
+    sd = as_tensors({k.removeprefix("module."): v for k, v in state_dict.items()})
+    depth, width, num_classes = layout_from_resdet_keys(sd, source)
     return sd, imagenet_config(depth, num_classes, msra=False, width=width)
 
 
@@ -254,7 +254,7 @@ def caffe2_to_resdet(
             f"keys start with {sorted(blobs)[:5]}"
         )
     depth = _infer_depth(blocks, bottleneck, source)
-    sd = _as_tensors(sd)
+    sd = as_tensors(sd)
     _affine_bn_fill(sd)
     if to_rgb:
         _flip_conv1_to_rgb(sd)
@@ -263,22 +263,26 @@ def caffe2_to_resdet(
     return sd, imagenet_config(depth, num_classes, msra=True, width=width, to_rgb=to_rgb)
 
 
+def d2_resnet_key(k: str) -> str:
+    """A detectron2 ResNet key (``stem.conv1.norm.weight``, ``res2.0.shortcut.weight``,
+    ``res5.2.conv3.norm.running_var``) as resdet's (torchvision's) name."""
+    k = re.sub(r"^stem\.conv1\.norm\.", "bn1.", k)
+    k = re.sub(r"^stem\.(conv1|fc)\.", r"\1.", k)
+    k = re.sub(r"^linear\.", "fc.", k)
+    k = re.sub(r"^res(\d)\.", lambda m: f"layer{int(m.group(1)) - 1}.", k)
+    k = re.sub(r"\.conv(\d)\.norm\.", r".bn\1.", k)
+    return k.replace(".shortcut.norm.", ".downsample.1.").replace(".shortcut.", ".downsample.0.")
+
+
 def detectron2_to_resdet(
     model: Mapping[str, Any], author: str, source: str = "pickle", to_rgb: bool = False
 ) -> Tuple[Dict[str, torch.Tensor], Config]:
     """detectron2-named ResNet weights (``stem.conv1.norm.weight``, ``res2.0.shortcut...``)."""
     sd: Dict[str, Any] = {}
     for k, v in model.items():
-        k = k.removeprefix("backbone.").removeprefix("bottom_up.")
-        k = re.sub(r"^stem\.conv1\.norm\.", "bn1.", k)
-        k = re.sub(r"^stem\.(conv1|fc)\.", r"\1.", k)
-        k = re.sub(r"^linear\.", "fc.", k)
-        k = re.sub(r"^res(\d)\.", lambda m: f"layer{int(m.group(1)) - 1}.", k)
-        k = re.sub(r"\.conv(\d)\.norm\.", r".bn\1.", k)
-        k = k.replace(".shortcut.norm.", ".downsample.1.").replace(".shortcut.", ".downsample.0.")
-        sd[k] = v
-    sd = _as_tensors(sd)
-    depth, width, num_classes = _layout_from_resdet_keys(sd, source)
+        sd[d2_resnet_key(k.removeprefix("backbone.").removeprefix("bottom_up."))] = v
+    sd = as_tensors(sd)
+    depth, width, num_classes = layout_from_resdet_keys(sd, source)
     msra = author != "torchvision"
     if msra:
         logger.warning(
@@ -293,19 +297,30 @@ def detectron2_to_resdet(
     return sd, imagenet_config(depth, num_classes, msra, width=width, to_rgb=msra and to_rgb)
 
 
-def load_foreign_weights(
-    path: str, to_rgb: bool = False
-) -> Tuple[Dict[str, torch.Tensor], Optional[Config], str]:
-    """Read a weights file and convert it to resdet names.
+class RawWeights(NamedTuple):
+    """What a weights file holds, before any renaming.
 
-    Returns:
-        ``(state_dict, config, source_format)`` with ``source_format`` one of
-        ``"resdet"`` (a resdet checkpoint: returned as stored, config from the checkpoint or
-        None), ``"torchvision"``, ``"caffe2"`` or ``"detectron2"``.
+    ``container``: ``"resdet"`` (a resdet checkpoint: ``data`` is the whole dict),
+    ``"pkl-model"`` (a ``{"model": {...}, "__author__"}`` pickle: ``data`` is the model dict),
+    ``"pkl-blobs"`` (Caffe2 blobs, ``*_momentum`` removed) or ``"state_dict"`` (a torch file:
+    a state dict, or the ``"model"`` / ``"state_dict"`` entry of a training checkpoint).
+    """
+
+    container: str
+    data: Dict[str, Any]
+    author: str = "unknown"
+
+
+def _str_keys(d: Mapping[Any, Any]) -> Dict[str, Any]:
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def read_weights_file(path: str) -> RawWeights:
+    """Read a ``.pkl`` (restricted unpickler) or a torch file (``weights_only=True``).
 
     Raises:
         FileNotFoundError: no such file.
-        ConversionError: an unknown layout (the message names the file).
+        ConversionError: a pickle that is not a dict (the message names the file).
         resdet.utils.safe_pickle.UnsafePickleError: a ``.pkl`` naming anything beyond plain
             containers and numpy arrays (nothing in it is called).
     """
@@ -315,47 +330,94 @@ def load_foreign_weights(
         data = safe_load_pickle(path)
         if not isinstance(data, dict):
             raise ConversionError(f"{path}: expected a pickled dict, got {type(data).__name__}")
-        data = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in data.items()}
+        data = _str_keys(data)
         if isinstance(data.get("model"), dict):
             author = str(data.get("__author__", "unknown"))
-            sd, cfg = detectron2_to_resdet(data["model"], author, path, to_rgb)
-            return sd, cfg, "detectron2"
+            return RawWeights("pkl-model", _str_keys(data["model"]), author)
         blobs = data.get("blobs", data)
         if not isinstance(blobs, dict):
             raise ConversionError(f"{path}: 'blobs' is not a dict")
         blobs = {
-            (k.decode("latin1") if isinstance(k, bytes) else k): v
-            for k, v in blobs.items()
+            k: v
+            for k, v in _str_keys(blobs).items()
             if not str(k).endswith("_momentum")  # SGD state saved next to the weights
         }
-        sd, cfg = caffe2_to_resdet(blobs, path, to_rgb)
-        return sd, cfg, "caffe2"
+        return RawWeights("pkl-blobs", blobs)
     ckpt: Any = load_checkpoint(path)  # weights_only=True: tensors and containers only
     if isinstance(ckpt.get("model"), dict):
-        cfg_dict = ckpt.get("config") or None
-        cfg = config_from_dict(cfg_dict, path) if cfg_dict else None
-        return dict(ckpt["model"]), cfg, "resdet"
+        if "config" in ckpt or "meta" in ckpt:  # what resdet's checkpoints carry
+            return RawWeights("resdet", ckpt)
+        # detectron2's DetectionCheckpointer: {"model", "iteration", ...}
+        return RawWeights("state_dict", dict(ckpt["model"]), str(ckpt.get("__author__", "unknown")))
     if "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):
         ckpt = ckpt["state_dict"]
-    sd, cfg = torchvision_to_resdet(ckpt, path)
+    return RawWeights("state_dict", ckpt)
+
+
+def load_foreign_weights(
+    path: str, to_rgb: bool = False
+) -> Tuple[Dict[str, torch.Tensor], Optional[Config], str]:
+    """Read ImageNet weights and convert them to resdet names.
+
+    Returns:
+        ``(state_dict, config, source_format)`` with ``source_format`` one of
+        ``"resdet"`` (a resdet checkpoint: returned as stored, config from the checkpoint or
+        None), ``"torchvision"``, ``"caffe2"`` or ``"detectron2"``.
+
+    Raises:
+        FileNotFoundError, ConversionError, UnsafePickleError: see :func:`read_weights_file`;
+        ConversionError also for an unknown layout.
+    """
+    return _backbone_from_raw(read_weights_file(path), path, to_rgb)
+
+
+def _backbone_from_raw(
+    raw: RawWeights, path: str, to_rgb: bool
+) -> Tuple[Dict[str, torch.Tensor], Optional[Config], str]:
+    if raw.container == "resdet":
+        cfg_dict = raw.data.get("config")
+        cfg = config_from_dict(cfg_dict, path) if cfg_dict else None
+        return dict(raw.data["model"]), cfg, "resdet"
+    if raw.container == "pkl-model":
+        sd, cfg = detectron2_to_resdet(raw.data, raw.author, path, to_rgb)
+        return sd, cfg, "detectron2"
+    if raw.container == "pkl-blobs":
+        sd, cfg = caffe2_to_resdet(raw.data, path, to_rgb)
+        return sd, cfg, "caffe2"
+    if any(k.removeprefix("module.").startswith(("stem.", "res2.")) for k in raw.data):
+        sd, cfg = detectron2_to_resdet(raw.data, raw.author, path, to_rgb)
+        return sd, cfg, "detectron2"
+    sd, cfg = torchvision_to_resdet(raw.data, path)
     return sd, cfg, "torchvision"
 
 
-def convert_weights(src: str, dst: str, to_rgb: bool = False) -> Tuple[Config, str]:
+def convert_weights(
+    src: str, dst: str, to_rgb: bool = False, keep_unused_classes: bool = False
+) -> Tuple[Config, str]:
     """Convert ``src`` into a resdet checkpoint at ``dst`` and check that it loads.
 
-    The check builds the classifier the config describes and loads the converted tensors:
-    a shape mismatch is an error naming the key and both shapes; missing and unexpected keys
-    are logged by name.
+    ImageNet ResNets become classifier checkpoints; whole torchvision / detectron2 Faster
+    R-CNNs become detector checkpoints (:mod:`resdet.export.convert_detector`; ``to_rgb`` does
+    not apply, ``keep_unused_classes`` keeps torchvision's 10 ``N/A`` COCO outputs). The check
+    builds the model the config describes and loads the converted tensors: a shape mismatch is
+    an error naming the key and both shapes; missing and unexpected keys are logged by name
+    (and for a detector are an error: every tensor must have its place).
 
     Returns:
-        ``(config, source_format)``.
+        ``(config, source_format)``; a detector's format ends in ``"-detector"``.
 
     Raises:
         ConversionError: ``src`` is already a resdet checkpoint (use it directly), or its layout
             is unknown; ValueError: shapes do not fit the inferred architecture.
     """
-    sd, cfg, fmt = load_foreign_weights(src, to_rgb=to_rgb)
+    raw = read_weights_file(src)
+    if raw.container != "resdet":
+        from resdet.export.convert_detector import convert_detector_file
+
+        done = convert_detector_file(raw, src, dst, keep_unused_classes)
+        if done is not None:
+            return done
+    sd, cfg, fmt = _backbone_from_raw(raw, src, to_rgb)
     if fmt == "resdet":
         raise ConversionError(
             f"{src} is already a resdet checkpoint ('model' + 'config'): no conversion needed; "
@@ -376,13 +438,18 @@ def convert_weights(src: str, dst: str, to_rgb: bool = False) -> Tuple[Config, s
         # missing fc must stay missing, not be saved as random weights.
         "model": {k: v for k, v in sd.items() if k in own},
         "config": config_to_dict(cfg),
-        "meta": {
-            "converted_from": os.path.basename(src),
-            "source_format": fmt,
-            "torch_version": str(torch.__version__),
-            "time": datetime.datetime.now().isoformat(timespec="seconds"),
-        },
+        "meta": conversion_meta(src, fmt),
     }
     save_checkpoint(dst, state)
     logger.info("wrote %s (%s ResNet-%d)", dst, fmt, cfg.MODEL.BACKBONE.DEPTH)
     return cfg, fmt
+
+
+def conversion_meta(src: str, fmt: str) -> Dict[str, str]:
+    """The ``meta`` of a converted checkpoint: where it came from, when, with which torch."""
+    return {
+        "converted_from": os.path.basename(src),
+        "source_format": fmt,
+        "torch_version": str(torch.__version__),
+        "time": datetime.datetime.now().isoformat(timespec="seconds"),
+    }

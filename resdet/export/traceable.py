@@ -57,10 +57,7 @@ class TraceableDetector(nn.Module):
 
     def _normalize_and_pad(self, image: torch.Tensor) -> torch.Tensor:
         m = self.model
-        x = image[0].float()
-        if m.input_format == "BGR":
-            x = x.flip(0)
-        x = (x - m.pixel_mean) / m.pixel_std
+        x = m.normalize(image[0])
         d = m.size_divisibility
         h, w = image.shape[2], image.shape[3]
         # ImageList pads with zeros after normalisation, bottom and right.

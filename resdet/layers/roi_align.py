@@ -278,7 +278,24 @@ def roi_align(
 
 class MultiScaleRoIAlign(_TorchvisionMultiScaleRoIAlign):
     """torchvision's ``MultiScaleRoIAlign`` (same levels, scales and result) pooling through
-    :func:`roi_align`, so that its CPU backward is the fast one."""
+    :func:`roi_align`, so that its CPU backward is the fast one.
+
+    ``aligned=True`` adds RoIAlign's half-pixel offset (detectron2's ROIAlignV2), which
+    torchvision's class does not offer; the level of each box is torchvision's
+    ``floor(4 + log2(sqrt(area) / 224) + 1e-6)`` either way (detectron2 adds its 1e-8 inside
+    the log: the two differ only for boxes within ~1e-6 of a level boundary).
+    """
+
+    def __init__(
+        self,
+        featmap_names: List[str],
+        output_size: Union[int, Tuple[int, int]],
+        sampling_ratio: int,
+        *,
+        aligned: bool = False,
+    ) -> None:
+        super().__init__(featmap_names, output_size, sampling_ratio)
+        self.aligned = aligned
 
     def forward(  # type: ignore[override]
         self,
@@ -288,7 +305,7 @@ class MultiScaleRoIAlign(_TorchvisionMultiScaleRoIAlign):
     ) -> torch.Tensor:
         features = [x[name] for name in self.featmap_names]
         grad = torch.is_grad_enabled() and features[0].requires_grad
-        if not grad and not all(_pools_nhwc(f) for f in features):
+        if not grad and not self.aligned and not all(_pools_nhwc(f) for f in features):
             return super().forward(x, boxes, image_shapes)
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(
@@ -301,6 +318,8 @@ class MultiScaleRoIAlign(_TorchvisionMultiScaleRoIAlign):
         out = first.new_zeros((len(rois), first.shape[1], *self.output_size))
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             index = torch.where(levels == level)[0]
-            pooled = roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio)
+            pooled = roi_align(
+                feature, rois[index], self.output_size, scale, self.sampling_ratio, self.aligned
+            )
             out.index_put_((index,), pooled.to(out.dtype))
         return out

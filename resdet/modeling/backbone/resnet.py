@@ -285,6 +285,13 @@ class ResNet(Backbone):
             raise ValueError(f"this ResNet has no stage '{name}' (it has {self.stage_names})")
         return getattr(self, f"layer{STAGE_NAMES.index(name) + 1}")
 
+    def stage_channels(self, name: str) -> int:
+        """Output channels of a stage (``res5`` of ResNet-50: 2048), whether or not it is one
+        of ``out_features`` (the C4 head runs ``res5`` itself)."""
+        if name not in self._shapes:
+            raise ValueError(f"this ResNet has no stage '{name}' (it has {list(self._shapes)})")
+        return self._shapes[name].channels
+
     def freeze(self, freeze_at: int) -> None:
         """Freeze the stem (``freeze_at >= 1``) and stages ``res2..`` up to ``freeze_at``."""
         if not 0 <= freeze_at <= len(self.stage_names) + 1:

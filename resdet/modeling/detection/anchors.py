@@ -4,6 +4,11 @@ Anchors are absolute xyxy pixels. For a feature map of stride ``s``, anchor cent
 ``(x * s, y * s)`` for every feature pixel ``(x, y)`` (offset 0, as detectron2). At each
 location the anchors are ordered size-major (all ratios of the first size, then the next),
 which is the order the RPN head's ``A`` output channels are read in.
+
+Two options reproduce torchvision's ``AnchorGenerator`` exactly (for converted torchvision
+detectors): ``round_anchors`` rounds each cell anchor's corners to whole pixels, and
+``stride_from_input`` takes each level's stride as ``input size // feature size`` per axis
+(which differs from the nominal stride on a level whose size was rounded up, e.g. FPN's p6).
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ import torch
 import torch.nn as nn
 
 
-def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> torch.Tensor:
+def cell_anchors(
+    sizes: Sequence[float], aspect_ratios: Sequence[float], round_anchors: bool = False
+) -> torch.Tensor:
     """``float32[A, 4]`` anchors centred at the origin.
 
     An anchor of size ``s`` and ratio ``r = h / w`` keeps the area ``s**2``:
     ``w = s / sqrt(r)``, ``h = s * sqrt(r)`` (Faster R-CNN, Ren et al. 2015, Sec. 3.1.1).
+    ``round_anchors`` rounds the corners to whole pixels (torchvision).
     """
     out = []
     for size in sizes:
@@ -28,7 +36,8 @@ def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> torc
             w = math.sqrt(area / ratio)
             h = ratio * w
             out.append([-w / 2, -h / 2, w / 2, h / 2])
-    return torch.tensor(out, dtype=torch.float32)
+    anchors = torch.tensor(out, dtype=torch.float32)
+    return anchors.round() if round_anchors else anchors
 
 
 class AnchorGenerator(nn.Module):
@@ -39,6 +48,10 @@ class AnchorGenerator(nn.Module):
             A single list is broadcast to every level.
         aspect_ratios: ``h / w`` ratios shared by all levels.
         strides: the stride of each level, from the backbone's ``output_shape()``.
+        round_anchors: round the cell anchors to whole pixels (torchvision).
+        stride_from_input: stride of each level = input size // feature size, per axis, with
+            the input size taken as the first level's size times its nominal stride (exact for
+            inputs padded to a multiple of it), as torchvision computes it.
     """
 
     def __init__(
@@ -46,6 +59,9 @@ class AnchorGenerator(nn.Module):
         sizes: Sequence[Sequence[float]],
         aspect_ratios: Sequence[float],
         strides: Sequence[int],
+        *,
+        round_anchors: bool = False,
+        stride_from_input: bool = False,
     ) -> None:
         super().__init__()
         if len(sizes) == 1 and len(strides) > 1:
@@ -56,11 +72,13 @@ class AnchorGenerator(nn.Module):
                 "feature maps; give one list of sizes per level"
             )
         self.strides = list(strides)
+        self.stride_from_input = stride_from_input
         self.num_anchors = len(sizes[0]) * len(aspect_ratios)
         if any(len(s) * len(aspect_ratios) != self.num_anchors for s in sizes):
             raise ValueError("every level needs the same number of anchor sizes")
         for i, s in enumerate(sizes):
-            self.register_buffer(f"cell_{i}", cell_anchors(s, aspect_ratios), persistent=False)
+            cell = cell_anchors(s, aspect_ratios, round_anchors)
+            self.register_buffer(f"cell_{i}", cell, persistent=False)
         self._cache: Dict[Tuple, List[torch.Tensor]] = {}
 
     def grid_anchors(self, grid_sizes: Sequence[Tuple[int, int]]) -> List[torch.Tensor]:
@@ -69,10 +87,13 @@ class AnchorGenerator(nn.Module):
         if key in self._cache:
             return self._cache[key]
         out = []
+        input_h, input_w = (s * self.strides[0] for s in grid_sizes[0])
         for i, ((h, w), stride) in enumerate(zip(grid_sizes, self.strides)):
             cell = getattr(self, f"cell_{i}")
-            xs = torch.arange(w, dtype=torch.float32, device=cell.device) * stride
-            ys = torch.arange(h, dtype=torch.float32, device=cell.device) * stride
+            stride_x = input_w // w if self.stride_from_input else stride
+            stride_y = input_h // h if self.stride_from_input else stride
+            xs = torch.arange(w, dtype=torch.float32, device=cell.device) * stride_x
+            ys = torch.arange(h, dtype=torch.float32, device=cell.device) * stride_y
             sy, sx = torch.meshgrid(ys, xs, indexing="ij")
             shifts = torch.stack([sx, sy, sx, sy], dim=-1).reshape(-1, 1, 4)
             out.append((shifts + cell.view(1, -1, 4)).reshape(-1, 4))

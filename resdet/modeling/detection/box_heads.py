@@ -4,6 +4,10 @@
   then conv5_x (the backbone's own ``res5`` stage, which halves it to 7x7) and global
   average pooling: "conv5_x ... as the per-region classifier".
 - ``FPNBoxHead``: multi-level RoIAlign to 7x7 (Lin et al. 2017), then two 1024-d fc layers.
+
+RoIAlign's ``aligned`` (half-pixel offset) defaults to detectron2's ROIAlignV2 (True) for C4
+and to torchvision's ``MultiScaleRoIAlign`` (False) for FPN; ``ROI_HEADS.POOLER_ALIGNED`` sets
+either, so converted detectors pool exactly as their source did.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class C4BoxHead(nn.Module):
         resolution: int = 14,
         sampling_ratio: int = 0,
         pooler_type: str = "ROIAlign",
+        aligned: bool = True,
     ) -> None:
         super().__init__()
         if pooler_type not in ("ROIAlign", "ROIPool"):
@@ -46,6 +51,7 @@ class C4BoxHead(nn.Module):
         self.resolution = resolution
         self.sampling_ratio = sampling_ratio
         self.pooler_type = pooler_type
+        self.aligned = aligned
         # Bypass nn.Module registration on purpose (see the class docstring).
         self.__dict__["res5"] = res5
         self.out_channels = out_channels
@@ -60,7 +66,7 @@ class C4BoxHead(nn.Module):
         boxes = [p.to(box_dtype(x.dtype)) for p in proposals]
         if self.pooler_type == "ROIAlign":
             pooled = roi_align(
-                x, boxes, self.resolution, self.scale, self.sampling_ratio, aligned=True
+                x, boxes, self.resolution, self.scale, self.sampling_ratio, self.aligned
             )
         else:
             pooled = roi_pool(x, boxes, self.resolution, self.scale)
@@ -81,9 +87,12 @@ class FPNBoxHead(nn.Module):
         resolution: int = 7,
         sampling_ratio: int = 0,
         fc_dim: int = 1024,
+        aligned: bool = False,
     ) -> None:
         super().__init__()
-        self.pooler = MultiScaleRoIAlign(list(in_features), resolution, sampling_ratio)
+        self.pooler = MultiScaleRoIAlign(
+            list(in_features), resolution, sampling_ratio, aligned=aligned
+        )
         self.fc1 = nn.Linear(in_channels * resolution * resolution, fc_dim)
         self.fc2 = nn.Linear(fc_dim, fc_dim)
         self.out_channels = fc_dim

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Tuple
 
+import torch
+
 from resdet.config.schema import Config
 from resdet.modeling.backbone.base import Backbone
 from resdet.modeling.backbone.fpn import FPN
@@ -34,6 +36,11 @@ def _resnet_fpn(cfg: Config) -> Backbone:
     return FPN(trunk, cfg.MODEL.FPN.OUT_CHANNELS)
 
 
+def _aligned(cfg: Config, head_default: bool) -> bool:
+    aligned = cfg.MODEL.ROI_HEADS.POOLER_ALIGNED
+    return head_default if aligned is None else aligned
+
+
 @BOX_HEADS.register("c4")
 def _c4_head(cfg: Config, backbone: Backbone) -> C4BoxHead:
     r = cfg.MODEL.ROI_HEADS
@@ -43,9 +50,15 @@ def _c4_head(cfg: Config, backbone: Backbone) -> C4BoxHead:
     shape = backbone.output_shape()[name]
     res5 = backbone.stage("res5")
     return C4BoxHead(
-        name, shape.stride, res5, backbone._shapes["res5"].channels,
-        r.POOLER_RESOLUTION, r.POOLER_SAMPLING_RATIO, r.POOLER_TYPE,
-    )  # fmt: skip
+        name,
+        shape.stride,
+        res5,
+        backbone.stage_channels("res5"),
+        resolution=r.POOLER_RESOLUTION,
+        sampling_ratio=r.POOLER_SAMPLING_RATIO,
+        pooler_type=r.POOLER_TYPE,
+        aligned=_aligned(cfg, True),
+    )
 
 
 @BOX_HEADS.register("fpn")
@@ -59,9 +72,14 @@ def _fpn_head(cfg: Config, backbone: Backbone) -> FPNBoxHead:
         )
     first = shapes[r.IN_FEATURES[0]]
     return FPNBoxHead(
-        r.IN_FEATURES, first.channels, first.stride, r.POOLER_RESOLUTION,
-        r.POOLER_SAMPLING_RATIO, r.FC_DIM,
-    )  # fmt: skip
+        r.IN_FEATURES,
+        first.channels,
+        first.stride,
+        resolution=r.POOLER_RESOLUTION,
+        sampling_ratio=r.POOLER_SAMPLING_RATIO,
+        fc_dim=r.FC_DIM,
+        aligned=_aligned(cfg, False),
+    )
 
 
 def _rpn(cfg: Config, backbone: Backbone) -> RPN:
@@ -77,10 +95,13 @@ def _rpn(cfg: Config, backbone: Backbone) -> RPN:
         raise ValueError(
             "the RPN head is shared across levels: all IN_FEATURES need equal channels"
         )
+    a = cfg.MODEL.ANCHOR
     anchors = AnchorGenerator(
-        cfg.MODEL.ANCHOR.SIZES,
-        cfg.MODEL.ANCHOR.ASPECT_RATIOS,
+        a.SIZES,
+        a.ASPECT_RATIOS,
         [shapes[f].stride for f in r.IN_FEATURES],
+        round_anchors=a.ROUND,
+        stride_from_input=a.STRIDE_FROM_INPUT,
     )
     return RPN(
         r.IN_FEATURES,
@@ -88,15 +109,16 @@ def _rpn(cfg: Config, backbone: Backbone) -> RPN:
         anchors,
         BoxCoder(r.BBOX_REG_WEIGHTS),
         Matcher([r.BG_IOU_THRESHOLD, r.FG_IOU_THRESHOLD], allow_low_quality_matches=True),
-        r.BATCH_SIZE_PER_IMAGE,
-        r.POSITIVE_FRACTION,
-        (r.PRE_NMS_TOPK_TRAIN, r.PRE_NMS_TOPK_TEST),
-        (r.POST_NMS_TOPK_TRAIN, r.POST_NMS_TOPK_TEST),
-        r.NMS_THRESH,
-        r.MIN_SIZE,
-        r.LOSS_TYPE,
-        r.SMOOTH_L1_BETA,
-        r.LOSS_WEIGHT,
+        batch_size_per_image=r.BATCH_SIZE_PER_IMAGE,
+        positive_fraction=r.POSITIVE_FRACTION,
+        pre_nms_topk=(r.PRE_NMS_TOPK_TRAIN, r.PRE_NMS_TOPK_TEST),
+        post_nms_topk=(r.POST_NMS_TOPK_TRAIN, r.POST_NMS_TOPK_TEST),
+        nms_thresh=r.NMS_THRESH,
+        min_size=r.MIN_SIZE,
+        loss_type=r.LOSS_TYPE,
+        smooth_l1_beta=r.SMOOTH_L1_BETA,
+        loss_weight=r.LOSS_WEIGHT,
+        sigmoid_scores=r.SIGMOID_SCORES,
     )
 
 
@@ -109,13 +131,14 @@ def _roi_heads(cfg: Config, backbone: Backbone) -> ROIHeads:
         r.NUM_CLASSES,
         BoxCoder(r.BBOX_REG_WEIGHTS),
         Matcher([r.IOU_THRESHOLD, r.IOU_THRESHOLD]),
-        r.BATCH_SIZE_PER_IMAGE,
-        r.POSITIVE_FRACTION,
-        r.SCORE_THRESH_TEST,
-        r.NMS_THRESH_TEST,
-        r.DETECTIONS_PER_IMAGE,
-        r.LOSS_TYPE,
-        r.SMOOTH_L1_BETA,
+        batch_size_per_image=r.BATCH_SIZE_PER_IMAGE,
+        positive_fraction=r.POSITIVE_FRACTION,
+        score_thresh=r.SCORE_THRESH_TEST,
+        nms_thresh=r.NMS_THRESH_TEST,
+        detections_per_image=r.DETECTIONS_PER_IMAGE,
+        loss_type=r.LOSS_TYPE,
+        smooth_l1_beta=r.SMOOTH_L1_BETA,
+        min_box_size=r.MIN_BOX_SIZE_TEST,
     )
 
 
@@ -126,14 +149,15 @@ def build_detector(cfg: Config) -> FasterRCNN:
         backbone,
         _rpn(cfg, backbone),
         _roi_heads(cfg, backbone),
-        cfg.MODEL.PIXEL_MEAN,
-        cfg.MODEL.PIXEL_STD,
-        cfg.MODEL.INPUT_FORMAT,
-        cfg.INPUT.SIZE_DIVISIBILITY,
-        cfg.MODEL.CHANNELS_LAST,
+        pixel_mean=cfg.MODEL.PIXEL_MEAN,
+        pixel_std=cfg.MODEL.PIXEL_STD,
+        input_format=cfg.MODEL.INPUT_FORMAT,
+        size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY,
+        channels_last=cfg.MODEL.CHANNELS_LAST,
+        pixel_scale=cfg.MODEL.PIXEL_SCALE,
     )
     if cfg.MODEL.CHANNELS_LAST:
-        model = model.to(memory_format=__import__("torch").channels_last)
+        model = model.to(memory_format=torch.channels_last)
     return model
 
 

@@ -38,11 +38,13 @@ class FasterRCNN(nn.Module):
         backbone: Backbone,
         rpn: RPN,
         roi_heads: ROIHeads,
+        *,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         input_format: str = "RGB",
         size_divisibility: int = 32,
         channels_last: bool = False,
+        pixel_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if input_format not in ("RGB", "BGR"):
@@ -53,6 +55,7 @@ class FasterRCNN(nn.Module):
         self.input_format = input_format
         self.size_divisibility = max(size_divisibility, backbone.size_divisibility)
         self.channels_last = channels_last
+        self.pixel_scale = float(pixel_scale)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
 
@@ -65,13 +68,17 @@ class FasterRCNN(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """``[3, H, W]`` RGB 0-255 -> the network's input: channel order, scale, mean and std."""
+        img = image.to(self.device, non_blocking=True).float()
+        if self.input_format == "BGR":
+            img = img.flip(0)
+        if self.pixel_scale != 1.0:
+            img = img / self.pixel_scale
+        return (img - self.pixel_mean) / self.pixel_std
+
     def preprocess(self, batched_inputs: List[Dict[str, Any]]) -> ImageList:
-        images = []
-        for x in batched_inputs:
-            img = x["image"].to(self.device, non_blocking=True).float()
-            if self.input_format == "BGR":
-                img = img.flip(0)
-            images.append((img - self.pixel_mean) / self.pixel_std)
+        images = [self.normalize(x["image"]) for x in batched_inputs]
         batch = ImageList.from_tensors(images, self.size_divisibility)
         if self.channels_last:
             batch = ImageList(

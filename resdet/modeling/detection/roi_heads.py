@@ -60,6 +60,7 @@ class ROIHeads(nn.Module):
         num_classes: int,
         box_coder: BoxCoder,
         matcher: Matcher,
+        *,
         batch_size_per_image: int = 512,
         positive_fraction: float = 0.25,
         score_thresh: float = 0.05,
@@ -67,6 +68,7 @@ class ROIHeads(nn.Module):
         detections_per_image: int = 100,
         loss_type: str = "smooth_l1",
         smooth_l1_beta: float = 0.0,
+        min_box_size: float = 0.0,
     ) -> None:
         super().__init__()
         self.box_head = box_head
@@ -81,6 +83,9 @@ class ROIHeads(nn.Module):
         self.detections_per_image = detections_per_image
         self.loss_type = loss_type
         self.smooth_l1_beta = smooth_l1_beta
+        # Detections narrower or lower than this are dropped (0: only empty boxes go);
+        # torchvision's detectors drop boxes under 0.01 px.
+        self.min_box_size = min_box_size
 
     def forward(
         self,
@@ -188,8 +193,12 @@ class ROIHeads(nn.Module):
             keep = scores > self.score_thresh
             idx = torch.nonzero(keep)
             boxes, scores, labels = boxes[keep], scores[keep], idx[:, 1]
-            nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
+            w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+            if self.min_box_size > 0:
+                big = (w >= self.min_box_size) & (h >= self.min_box_size)
+            else:
+                big = (w > 0) & (h > 0)
+            boxes, scores, labels = boxes[big], scores[big], labels[big]
             keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_image]
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return results

@@ -72,6 +72,7 @@ class RPN(nn.Module):
         anchor_generator: AnchorGenerator,
         box_coder: BoxCoder,
         matcher: Matcher,
+        *,
         batch_size_per_image: int = 256,
         positive_fraction: float = 0.5,
         pre_nms_topk: Tuple[int, int] = (12000, 6000),
@@ -81,6 +82,7 @@ class RPN(nn.Module):
         loss_type: str = "smooth_l1",
         smooth_l1_beta: float = 0.0,
         loss_weight: float = 1.0,
+        sigmoid_scores: bool = False,
     ) -> None:
         super().__init__()
         self.in_features = list(in_features)
@@ -97,6 +99,9 @@ class RPN(nn.Module):
         self.loss_type = loss_type
         self.smooth_l1_beta = smooth_l1_beta
         self.loss_weight = loss_weight
+        # torchvision ranks proposals by sigmoid(logit): the same order, except that fp32
+        # sigmoid ties every logit above ~17 at 1.0 (converted detectors reproduce that).
+        self.sigmoid_scores = sigmoid_scores
 
     def forward(
         self,
@@ -144,6 +149,8 @@ class RPN(nn.Module):
             levels_all.append(torch.full((k,), lvl, dtype=torch.int64, device=top.device))
         boxes = torch.cat(boxes_all, dim=1)
         scores = torch.cat(scores_all, dim=1)
+        if self.sigmoid_scores:
+            scores = scores.sigmoid()
         levels = torch.cat(levels_all)
         out = []
         for i, (h, w) in enumerate(image_sizes):
