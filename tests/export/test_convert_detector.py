@@ -230,8 +230,8 @@ def test_detectron2_c4_names_and_config(tmp_path):
     # detectron2's background logit is the last one already: the predictor is copied as it is.
     np.testing.assert_array_equal(sd["roi_heads.predictor.cls_score.bias"],
                                   d2["roi_heads.box_predictor.cls_score.bias"])  # fmt: skip
-    np.testing.assert_array_equal(sd["rpn.head.deltas.weight"],
-                                  d2["proposal_generator.rpn_head.anchor_deltas.weight"])  # fmt: skip
+    d2_deltas = d2["proposal_generator.rpn_head.anchor_deltas.weight"]
+    np.testing.assert_array_equal(sd["rpn.head.deltas.weight"], d2_deltas)
 
 
 def test_detectron2_fpn_voc_and_errors(tmp_path):
