@@ -7,7 +7,10 @@ evaluation iteration already holds the scheduler state that evaluation changed):
     hooks = [MetricsHook(writer, cfg.LOG_PERIOD), ProgressHook(),
              EvalHook(cfg.TEST.EVAL_PERIOD, eval_fn, writer),
              LRFeedbackHook(scheduler, cfg.SOLVER.PLATEAU_METRIC),
+             *build_selection_hooks(cfg, checkpointer, extra, has_eval=True),  # best / early stop
              CheckpointHook(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD)]
+
+(``build_selection_hooks`` is in :mod:`resdet.engine.selection`.)
 
 Files: ``metrics.jsonl`` holds one JSON object per line -- training lines
 ``{"iteration", "lr", "loss", "loss_*", "time", "data_time", "images_per_s", ...}`` averaged
