@@ -122,6 +122,8 @@ def main(argv: List[str] | None = None) -> int:
         reports.append(check_image_folder(root, None, args.workers, not args.no_progress, decode))
 
     print(format_report(reports, args.max_notes))
+    if args.draw and not names:
+        print("--draw: draws detection datasets only; none was named", file=sys.stderr)
     if args.draw:
         for name in names:
             folder = os.path.join(args.draw_dir, re.sub(r"[^\w.+-]", "_", name))

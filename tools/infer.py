@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 try:
@@ -34,10 +35,24 @@ except ImportError:  # run from a checkout without installing: put the repo root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+$")
+
+
 def output_path(image_path: str, root: str, output_dir: str) -> str:
     rel = os.path.relpath(os.path.abspath(image_path), root)
     stem, ext = os.path.splitext(rel)
     return os.path.join(output_dir, stem + (ext if ext.lower() in (".jpg", ".jpeg") else ".png"))
+
+
+def _split_overrides(args: argparse.Namespace) -> None:
+    """``--input`` takes several values, so ``KEY VALUE`` overrides right after it land in
+    ``args.input``: move them (from the first upper-case dotted key that is not a file) to
+    ``args.opts``."""
+    for i, value in enumerate(args.input):
+        if CONFIG_KEY.match(value) and not os.path.exists(value):
+            args.opts = args.input[i:] + list(args.opts)
+            args.input = args.input[:i]
+            return
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pictures", action="store_true", help="write only the json files")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
+    _split_overrides(args)
+    if not args.input:
+        parser.error("--input: name at least one image, folder, glob pattern or video")
     if not 0.0 <= args.score_thresh < 1.0:
         parser.error(f"--score-thresh must be in [0, 1), got {args.score_thresh}")
     if args.batch_size < 1:

@@ -103,6 +103,10 @@ def test_infer_single_file_and_bad_args(tmp_path, weights):
     assert main([*args, "--score-thresh", "0.0", "--no-pictures"]) == 0
     assert json.loads((tmp_path / "o" / "detections.json").read_text())
     assert not (tmp_path / "o" / "one.jpg").exists()
+    # KEY VALUE overrides right after the --input values are overrides, not inputs.
+    over = ["--weights", weights, "--output", str(tmp_path / "p"), "--input", str(image),
+            "TEST.FAST_INFERENCE", "False"]  # fmt: skip
+    assert main(over) == 0 and (tmp_path / "p" / "one.jpg").is_file()
     assert main(["--weights", weights, "--input", str(tmp_path / "nope"), "--output", "x"]) == 2
     assert (
         main(["--weights", str(tmp_path / "no.pth"), "--input", str(image), "--output", "x"]) == 2
