@@ -223,6 +223,12 @@ def build_selection_hooks(
         raise ConfigError(f"SOLVER.BEST_METRIC {s.BEST_METRIC} needs a validation set")
     if s.BEST_METRIC.split("/")[-1].startswith("loss") and not cfg.TEST.VAL_LOSS:
         raise ConfigError(f"SOLVER.BEST_METRIC {s.BEST_METRIC} needs TEST.VAL_LOSS True")
+    last = s.BEST_METRIC.split("/")[-1]
+    if s.BEST_MODE == "max" and (last.startswith("loss") or last.endswith("err")):
+        logger.warning(
+            "SOLVER.BEST_MODE max keeps the highest %s; errors and losses want BEST_MODE min",
+            s.BEST_METRIC,
+        )
     if cfg.TEST.EVAL_PERIOD <= 0:
         logger.warning(
             "SOLVER.BEST_METRIC with TEST.EVAL_PERIOD 0: only the final evaluation is compared"
