@@ -168,3 +168,39 @@ def test_import_resdet_is_light_and_predictor_is_lazy():
     assert resdet.Predictor is Predictor
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         resdet.nope  # noqa: B018
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_batched_predictions_equal_one_by_one(checkpoint, fast):
+    path, _ = checkpoint
+    over = [] if fast else ["TEST.FAST_INFERENCE", "False"]
+    predictor = Predictor(None, path, score_thresh=0.2, overrides=over, batch_size=4)
+    # Three of one size (one full padded group), one that pads to the same input size
+    # (120x196 resizes to 59x96, padded like 58x96), two of other sizes, one grey.
+    images = [_image(120, 200, seed=s) for s in range(3)]
+    images += [_image(120, 196, seed=3), _image(200, 120, seed=4), _image(64, 64, seed=5)]
+    images.append(_image(120, 200, seed=6)[:, :, 0])
+    sizes = []
+    model = predictor.inference_model
+
+    def counting(batch):
+        sizes.append(len(batch))
+        return model(batch)
+
+    predictor.inference_model = counting
+    batched = predictor(images)
+    assert sizes == [4, 1, 1, 1]  # window 1: four images of one padded size; window 2: three
+    predictor.inference_model = model
+    assert len(batched) == len(images)
+    found = 0
+    for image, got in zip(images, batched):
+        alone = predictor(image)
+        assert got.image_size == alone.image_size == image.shape[:2]
+        np.testing.assert_array_equal(got.labels, alone.labels)
+        np.testing.assert_allclose(got.boxes, alone.boxes, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(got.scores, alone.scores, rtol=0, atol=1e-5)
+        found += len(alone)
+    assert found > 10  # the comparison saw real detections
+    assert predictor.predict_batch([]) == []
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        Predictor(None, path, batch_size=0)

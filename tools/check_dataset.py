@@ -4,12 +4,17 @@
     python tools/check_dataset.py --dataset coco_2017_val --dataset voc_2007_test
     python tools/check_dataset.py --coco-json my/annotations.json --image-root my/images
     python tools/check_dataset.py --image-folder datasets/imagenet/train
+    python tools/check_dataset.py --dataset shapes_train --draw 16 --draw-dir look/
 
 With a classification config the CLS_TRAIN / CLS_TEST folders (or CIFAR-10 batches) are
 checked. Annotations are loaded in "skip" mode so one problem does not hide the next; then
 every image is decoded (``--workers`` threads, with a progress bar) and its size compared with
 the annotated one. Nothing is modified. Exit code: 0 no problems, 1 problems (all listed),
 2 bad arguments or config.
+
+``--draw N`` also writes, per detection dataset, into ``--draw-dir``/<dataset>/: N random
+images with their boxes and class names (``sample_000.jpg``...; crowd and difficult objects
+dashed) and ``labels.png`` (objects per class, box widths / heights / sizes, box centres).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 from typing import List
 
@@ -36,6 +42,7 @@ from resdet.data.check import (
     check_image_folder,
     format_report,
 )
+from resdet.utils.dataset_plots import draw_dataset
 from resdet.utils.logging import setup_logging
 
 
@@ -73,12 +80,22 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--max-notes", type=int, default=10, help="notes listed per kind (0: all)")
     parser.add_argument("--json", help="also write the report as JSON to this file")
+    parser.add_argument(
+        "--draw",
+        type=int,
+        default=0,
+        metavar="N",
+        help="draw N sample images and labels.png per detection dataset",
+    )
+    parser.add_argument("--draw-dir", default="dataset_draw", help="where --draw writes")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     if not (args.config or args.dataset or args.coco_json or args.image_folder):
         parser.error("name something to check: --config, --dataset, --coco-json or --image-folder")
     if bool(args.coco_json) != bool(args.image_root):
         parser.error("--coco-json and --image-root go together")
+    if args.draw < 0:
+        parser.error(f"--draw must be >= 0, got {args.draw}")
     # The report lists every problem; the loaders' own warnings would repeat them on stderr.
     setup_logging(None, level=logging.ERROR)
 
@@ -105,6 +122,13 @@ def main(argv: List[str] | None = None) -> int:
         reports.append(check_image_folder(root, None, args.workers, not args.no_progress, decode))
 
     print(format_report(reports, args.max_notes))
+    if args.draw and not names:
+        print("--draw: draws detection datasets only; none was named", file=sys.stderr)
+    if args.draw:
+        for name in names:
+            folder = os.path.join(args.draw_dir, re.sub(r"[^\w.+-]", "_", name))
+            written = draw_dataset(name, args.draw, folder)
+            print(f"{name}: {len(written)} pictures in {folder}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump([dataclasses.asdict(r) for r in reports], f, indent=1)

@@ -1,17 +1,24 @@
-"""Run a trained detector on images: pictures with boxes drawn, and one COCO-style json.
+"""Run a trained detector on images and videos: pictures and videos with boxes drawn, and json.
 
     python tools/infer.py --weights output/demo/det/model_final.pth --input photos/ --output out/
     python tools/infer.py --config configs/coco_r101.yaml --weights model.pth \\
         --input street.jpg --output out/ --score-thresh 0.7 --device cpu
+    python tools/infer.py --weights model.pth --input "photos/**/*.png" clip.mp4 --output out/ \\
+        --classes circle,star --batch-size 4
 
-``--input`` is an image file or a folder (searched recursively for .jpg/.jpeg/.png/.bmp/.webp/
-.tif/.tiff). For each image ``--output`` gets a copy with boxes, class names and scores drawn
-(same relative path; JPEG stays JPEG, anything else becomes PNG), and ``detections.json``
-holds every detection: ``{"image_id", "file_name", "category_id", "category_name",
-"bbox": [x, y, w, h] in original pixels, "score"}`` (COCO results format plus file and class
-names; ``image_id`` is the image's index in sorted order). Greyscale, RGBA, palette and 16-bit
-images of any size are read as RGB. Without ``--config`` the config stored in the checkpoint
-is used. Unreadable images are reported and skipped (exit status 1).
+``--input`` takes image files, folders (searched recursively for .jpg/.jpeg/.png/.bmp/.webp/
+.tif/.tiff images and .mp4/.avi/.mov/.mkv/.webm/.m4v/.mpg/.mpeg/.wmv videos), glob patterns
+(expanded here, ``**`` recursive) and video files. For each image ``--output`` gets a copy
+with boxes, class names and scores drawn (same path relative to its folder or the pattern's
+folder; JPEG stays JPEG, anything else becomes PNG), and ``detections.json`` holds every
+detection: ``{"image_id", "file_name", "category_id", "category_name", "bbox": [x, y, w, h]
+in original pixels, "score"}`` (COCO results format plus file and class names; ``image_id``
+is the image's index in input order). Each video gives ``<name>.mp4`` (annotated, mp4v, the
+source's frame rate) and ``<name>.jsonl`` (one line per frame: ``{"frame", "time",
+"detections": [...]}``), with a progress bar. Greyscale, RGBA, palette and 16-bit images of
+any size are read as RGB. Without ``--config`` the config stored in the checkpoint is used.
+Unreadable images and videos are reported and skipped (exit status 1); bad arguments, an
+unknown class name or an unusable checkpoint exit with status 2.
 """
 
 from __future__ import annotations
@@ -19,28 +26,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
-from typing import List, Tuple
 
 try:
     import resdet  # noqa: F401
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
-
-def list_images(path: str) -> Tuple[List[str], str]:
-    """``(image paths sorted, root)``; root is the folder relative output paths start from."""
-    if os.path.isfile(path):
-        return [path], os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"--input: no such file or folder: {path}")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames.sort()
-        found += [os.path.join(dirpath, f) for f in filenames if f.lower().endswith(IMAGE_EXTS)]
-    return sorted(found), os.path.abspath(path)
+CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+$")
 
 
 def output_path(image_path: str, root: str, output_dir: str) -> str:
@@ -49,68 +44,117 @@ def output_path(image_path: str, root: str, output_dir: str) -> str:
     return os.path.join(output_dir, stem + (ext if ext.lower() in (".jpg", ".jpeg") else ".png"))
 
 
+def _split_overrides(args: argparse.Namespace) -> None:
+    """``--input`` takes several values, so ``KEY VALUE`` overrides right after it land in
+    ``args.input``: move them (from the first upper-case dotted key that is not a file) to
+    ``args.opts``."""
+    for i, value in enumerate(args.input):
+        if CONFIG_KEY.match(value) and not os.path.exists(value):
+            args.opts = args.input[i:] + list(args.opts)
+            args.input = args.input[:i]
+            return
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default=None, help="YAML config (default: the checkpoint's)")
     parser.add_argument("--weights", required=True, help="detector checkpoint (.pth)")
-    parser.add_argument("--input", required=True, help="an image file or a folder of images")
-    parser.add_argument("--output", required=True, help="folder for pictures and detections.json")
+    parser.add_argument(
+        "--input", required=True, nargs="+", help="image / video files, folders, glob patterns"
+    )
+    parser.add_argument("--output", required=True, help="folder for pictures, videos and json")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="keep scores above this")
+    parser.add_argument("--classes", default="", help="keep only these classes: name1,name2")
+    parser.add_argument("--batch-size", type=int, default=1, help="images / frames per pass")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument("--no-pictures", action="store_true", help="write only detections.json")
+    parser.add_argument("--no-pictures", action="store_true", help="write only the json files")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
+    _split_overrides(args)
+    if not args.input:
+        parser.error("--input: name at least one image, folder, glob pattern or video")
     if not 0.0 <= args.score_thresh < 1.0:
         parser.error(f"--score-thresh must be in [0, 1), got {args.score_thresh}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
 
     import numpy as np
     from tqdm import tqdm
 
     from resdet.config import ConfigError
     from resdet.data.records import DatasetError
+    from resdet.media import annotate_video, class_filter, collect_inputs, keep_labels
     from resdet.predictor import Predictor, to_rgb_uint8
     from resdet.utils.visualization import draw_detections, save_image
 
     try:
-        paths, root = list_images(args.input)
-        if not paths:
-            raise FileNotFoundError(f"--input: no images ({', '.join(IMAGE_EXTS)}) in {args.input}")
+        inputs = collect_inputs(args.input)
+        if not (inputs.images or inputs.videos):
+            raise FileNotFoundError(f"--input: no images or videos in {' '.join(args.input)}")
         predictor = Predictor(
-            args.config, args.weights, args.device, args.score_thresh, overrides=args.opts
-        )
+            args.config, args.weights, args.device, args.score_thresh, overrides=args.opts,
+            batch_size=args.batch_size,
+        )  # fmt: skip
+        labels = class_filter(args.classes, predictor.class_names)
     except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     os.makedirs(args.output, exist_ok=True)
     results, failed, num_dets = [], [], 0
-    for image_id, path in enumerate(tqdm(paths, desc="infer", unit="img", disable=len(paths) < 2)):
+    images = inputs.images
+    bar = tqdm(total=len(images), desc="infer", unit="img", disable=len(images) < 2)
+    for start in range(0, len(images), args.batch_size):
+        batch = []  # (image id, path, root, rgb) of the readable images of this batch
+        for image_id in range(start, min(start + args.batch_size, len(images))):
+            path, root = images[image_id]
+            try:
+                batch.append((image_id, path, root, to_rgb_uint8(path, path)))
+            except DatasetError as e:
+                failed.append(str(e))
+                tqdm.write(f"skipped: {e}", file=sys.stderr)
+        found = predictor.predict_batch([b[3] for b in batch]) if batch else []
+        for (image_id, path, root, rgb), dets in zip(batch, found):
+            dets = keep_labels(dets, labels)
+            num_dets += len(dets)
+            for entry in dets.to_coco(image_id, predictor.category_ids):
+                results.append({"image_id": image_id, "file_name": path, **entry})
+            if not args.no_pictures:
+                out = output_path(path, root, args.output)
+                os.makedirs(os.path.dirname(out), exist_ok=True)
+                picture = draw_detections(
+                    rgb, dets.boxes, dets.labels, dets.scores, predictor.class_names
+                )
+                save_image(out, np.ascontiguousarray(picture))
+        bar.update(min(args.batch_size, len(images) - start))
+    bar.close()
+    bad_images = len(failed)
+    if images:
+        with open(os.path.join(args.output, "detections.json"), "w", encoding="utf-8") as f:
+            json.dump(results, f)
+    frames = 0
+    for video in inputs.videos:
+        stem = os.path.join(args.output, os.path.splitext(os.path.basename(video))[0])
         try:
-            rgb = to_rgb_uint8(path, path)
+            done = annotate_video(
+                predictor, video, None if args.no_pictures else stem + ".mp4", stem + ".jsonl",
+                labels,
+            )  # fmt: skip
         except DatasetError as e:
             failed.append(str(e))
-            tqdm.write(f"skipped: {e}", file=sys.stderr)
+            print(f"error: {e}", file=sys.stderr)
             continue
-        dets = predictor(rgb)
-        num_dets += len(dets)
-        for entry in dets.to_coco(image_id, predictor.category_ids):
-            results.append({"image_id": image_id, "file_name": path, **entry})
-        if not args.no_pictures:
-            out = output_path(path, root, args.output)
-            os.makedirs(os.path.dirname(out), exist_ok=True)
-            picture = draw_detections(
-                rgb, dets.boxes, dets.labels, dets.scores, predictor.class_names
-            )
-            save_image(out, np.ascontiguousarray(picture))
-    json_path = os.path.join(args.output, "detections.json")
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(results, f)
-    done = len(paths) - len(failed)
-    print(f"{done} images, {num_dets} detections (score > {args.score_thresh}) -> {args.output}")
+        frames += done["frames"]
+        num_dets += done["detections"]
+    print(
+        f"{len(images) - bad_images} images, {len(inputs.videos) - len(failed) + bad_images} "
+        f"videos ({frames} frames), {num_dets} detections (score > {args.score_thresh}) -> "
+        f"{args.output}"
+    )
     if failed:
-        print(f"{len(failed)} images could not be read:\n  " + "\n  ".join(failed), file=sys.stderr)
+        print(f"{len(failed)} inputs could not be read:\n  " + "\n  ".join(failed), file=sys.stderr)
         return 1
     return 0
 

@@ -1,10 +1,15 @@
-"""Plot training and validation error curves of one or more runs (the paper's Fig. 4 / 6 style).
+"""Plot the training and validation curves of one or more runs, one colour per run.
 
     python tools/plot_curves.py output/cifar_plain20 output/cifar_r20 output/cifar_r56 \
         --labels plain-20 ResNet-20 ResNet-56 --output curves.png
+    python tools/plot_curves.py output/det_a output/det_b --output det.png \
+        --metrics coco/AP50 voc/mAP07
 
-Reads each RUN_DIR/metrics.jsonl: thin dashed lines are training error, bold lines validation
-error, one colour per run. Runs that logged no error are plotted by training loss instead.
+Reads each RUN_DIR/metrics.jsonl. Classification runs (they log ``train_err``) are drawn in
+the paper's Fig. 4 / 6 style: thin dashed lines training error, bold lines validation error.
+Detection runs get one panel per loss term (training solid; validation loss dashed, with
+TEST.VAL_LOSS), the learning rate, and the validation metrics (default: every AP, AP50 and
+mAP07 logged; ``--metrics`` picks others) against iterations.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ try:
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resdet.utils.plots import plot_curves
+from resdet.utils.plots import plot_runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,9 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="curves.png", help="image file to write")
     parser.add_argument("--labels", nargs="+", default=None, help="one legend label per run")
     parser.add_argument("--title", default="", help="figure title")
+    parser.add_argument(
+        "--metrics", nargs="+", default=None, help="val metrics to draw, e.g. coco/AP50"
+    )
     args = parser.parse_args(argv)
     try:
-        path = plot_curves(args.runs, args.output, labels=args.labels, title=args.title)
+        path = plot_runs(args.runs, args.output, args.labels, args.title, args.metrics)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -184,6 +184,12 @@ class SolverConfig:
     CLIP_GRADIENTS: float = 0.0  # max total grad norm; 0 disables
     CHECKPOINT_PERIOD: int = 5000
     MAX_TO_KEEP: int = 3
+    # Keep model_best.pth by this evaluation result (e.g. "coco/AP50", "voc/mAP07", "loss"
+    # with TEST.VAL_LOSS, "top1_err"); "" = off. BEST_MODE "max" (AP) or "min" (errors, loss).
+    BEST_METRIC: str = ""
+    BEST_MODE: str = "max"
+    # Stop after this many evaluations in a row without a better BEST_METRIC; 0 = off.
+    EARLY_STOP_PATIENCE: int = 0
     # Detection training: apply each frozen BN's affine map to its convolution's weights on
     # the fly (resdet.layers.fold.fold_frozen_bn_training_): same parameters, checkpoint keys,
     # outputs and gradients, two fewer passes over every frozen-BN activation.
@@ -207,6 +213,9 @@ class TestConfig:
     # Detection: evaluators to run ("coco", "voc"); empty = the test dataset's own.
     EVALUATORS: List[str] = field(default_factory=list)
     IMS_PER_BATCH: int = 1
+    # Detection training: also compute the four training losses on the test set at each
+    # evaluation (eval-mode BN, seeded sampling), logged as val/loss_*.
+    VAL_LOSS: bool = False
     # Detection evaluation and inference on a copy of the model with BN folded into the
     # convolutions and, on CPU, conv + bias + ReLU (+ residual) fused in one oneDNN call
     # (resdet.layers.fold.inference_copy). Same detections within float rounding.

@@ -5,6 +5,8 @@
 - :mod:`resdet.engine.optim`: parameter groups, warm-up + multistep / cosine / plateau
   schedules, the ResNet-110 warm-up-until-error wrapper.
 - :mod:`resdet.engine.checkpoint`: atomic saves, exact resume, weight import.
+- :mod:`resdet.engine.selection`: ``model_best.pth`` and early stopping (hooks);
+  :mod:`resdet.engine.val_loss`: the detector's losses on the val set (``TEST.VAL_LOSS``).
 - :mod:`resdet.engine.dist` (torchrun helpers) and :mod:`resdet.engine.amp` (autocast, scaler).
 - :mod:`resdet.engine.classification`: the classification task (``tools/train_cls.py``).
 """

@@ -297,8 +297,11 @@ class Checkpointer:
         scaler: torch.amp.GradScaler | None = None,
         iteration: int = 0,
         extra: Dict[str, Any] | None = None,
+        update_last: bool = True,
     ) -> str | None:
-        """Write ``<output_dir>/<name>.pth`` and point ``last_checkpoint`` at it.
+        """Write ``<output_dir>/<name>.pth`` and (``update_last``) point ``last_checkpoint`` at
+        it; a side file such as ``model_best.pth`` passes ``update_last=False``, so resuming
+        still starts from the newest training state.
 
         Returns the path on rank 0, None on other ranks.
         """
@@ -323,9 +326,11 @@ class Checkpointer:
         filename = f"{name}.pth"
         path = os.path.join(self.output_dir, filename)
         save_checkpoint(path, state)
-        atomic_write(
-            os.path.join(self.output_dir, LAST_CHECKPOINT), lambda f: f.write(filename.encode())
-        )
+        if update_last:
+            atomic_write(
+                os.path.join(self.output_dir, LAST_CHECKPOINT),
+                lambda f: f.write(filename.encode()),
+            )
         self._prune()
         logger.info("saved checkpoint %s (iteration %d)", path, iteration)
         return path

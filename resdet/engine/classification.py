@@ -57,6 +57,7 @@ from resdet.engine.hooks import (
 )
 from resdet.engine.optim import build_lr_scheduler, build_optimizer
 from resdet.engine.runtime import resolve_device, seed_everything
+from resdet.engine.selection import build_selection_hooks
 from resdet.engine.trainer import train_loop
 from resdet.evaluation.classification import ClassificationMeter
 from resdet.modeling.classifier import build_classifier
@@ -365,9 +366,10 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
         raise ConfigError(
             "SOLVER.LR_SCHEDULER plateau needs DATASETS.CLS_TEST and TEST.EVAL_PERIOD > 0"
         )
-    start_iter = 0
+    start_iter, hook_state = 0, {}
     if resume and checkpointer.last_checkpoint():
-        start_iter = int(checkpointer.resume(model, optimizer, scheduler, scaler)["iteration"])
+        ckpt = checkpointer.resume(model, optimizer, scheduler, scaler)
+        start_iter, hook_state = int(ckpt["iteration"]), ckpt.get("extra", {}).get("hook_state")
     else:
         if resume:
             logger.info("--resume: no checkpoint in %s, starting from scratch", out)
@@ -403,11 +405,9 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
     else:
         logger.warning("DATASETS.CLS_TEST is empty: no validation")
     hooks.append(LRFeedbackHook(scheduler, cfg.SOLVER.PLATEAU_METRIC))
-    hooks.append(
-        CheckpointHook(
-            checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, extra={"class_names": class_names}
-        )
-    )
+    extra = {"class_names": class_names}
+    hooks += build_selection_hooks(cfg, checkpointer, extra, test_set is not None)
+    hooks.append(CheckpointHook(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, extra=extra))
     state = train_loop(
         train_model,
         compute_losses,
@@ -421,6 +421,7 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
         scaler,
         cfg.SOLVER.CLIP_GRADIENTS,
         ims_per_batch=cfg.SOLVER.IMS_PER_BATCH,
+        hook_state=hook_state,
     )
     barrier()
     return state.metrics

@@ -34,7 +34,7 @@ from resdet.data.records import DetectionRecord
 from resdet.engine.checkpoint import load_model_weights
 from resdet.engine.detection import build_test_loader, inference_model, run_inference
 from resdet.modeling.detection.build import build_detector
-from resdet.utils.plots import plot_curves, read_metrics
+from resdet.utils.plots import plot_curves, plot_detection_curves, read_metrics
 from resdet.utils.visualization import draw_detections, save_image, tile_images
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["machine_info", "summarize", "write_report"]
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-LOSS_KEYS = ("loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
 RUN_LABELS = {"det": "pretrained", "scratch": "scratch"}
 VIS_SCORE = 0.5  # predictions drawn in the pictures (the evaluation uses every score)
 VIS_SIDE = 360  # longer side of each picture panel, so labels stay readable
@@ -127,58 +126,20 @@ def summarize(
 def _plot_detection_curves(run_dirs: Dict[str, str], losses_png: str, ap_png: str) -> List[str]:
     """Loss curves of the detector runs (one panel per loss term) and, when the runs were
     evaluated periodically, their val AP / AP50 against iterations. Returns the files written."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    runs = {label: read_metrics(d) for label, d in run_dirs.items()}
-    fig = Figure(figsize=(11, 6), dpi=110)
-    FigureCanvasAgg(fig)
-    for i, key in enumerate(LOSS_KEYS):
-        ax = fig.add_subplot(2, 3, i + 1)
-        for j, (label, (train, _)) in enumerate(runs.items()):
-            pts = [(r["iteration"], r[key]) for r in train if key in r]
-            if pts:
-                ax.plot(*zip(*pts), color=f"C{j}", lw=1.5, label=label)
-        ax.set_title(key if key != "loss" else "total loss", fontsize=10)
-        ax.set_xlabel("iteration", fontsize=8)
-        ax.grid(True, alpha=0.3)
-        ax.tick_params(labelsize=8)
-        if i == 0:
-            ax.legend(fontsize=9, frameon=False)
-    ax = fig.add_subplot(2, 3, 6)
-    for j, (label, (train, _)) in enumerate(runs.items()):
-        pts = [(r["iteration"], r["lr"]) for r in train if "lr" in r]
-        if pts:
-            ax.plot(*zip(*pts), color=f"C{j}", lw=1.5, label=label)
-    ax.set_title("learning rate", fontsize=10)
-    ax.tick_params(labelsize=8)
-    ax.grid(True, alpha=0.3)
-    fig.suptitle("Faster R-CNN training: backbone pretrained on crops vs from scratch")
-    fig.tight_layout()
-    fig.savefig(losses_png)
-    written = [losses_png]
-
-    curves = {
-        label: [(r["iteration"], r.get("val/coco/AP"), r.get("val/coco/AP50")) for r in val]
-        for label, (_, val) in runs.items()
-    }
-    if any(any(p[1] is not None for p in pts) for pts in curves.values()):
-        fig = Figure(figsize=(7, 4.5), dpi=110)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot(1, 1, 1)
-        for j, (label, pts) in enumerate(curves.items()):
-            pts = [p for p in pts if p[1] is not None]
-            its = [p[0] for p in pts]
-            ax.plot(its, [100 * p[1] for p in pts], "-o", color=f"C{j}", label=f"{label} AP")
-            ax.plot(its, [100 * p[2] for p in pts], "--s", color=f"C{j}", label=f"{label} AP50")
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("COCO AP on a val subset (%)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=9, frameon=False)
-        fig.tight_layout()
-        fig.savefig(ap_png)
-        written.append(ap_png)
-    return written
+    dirs, labels = list(run_dirs.values()), list(run_dirs)
+    title = "Faster R-CNN training: backbone pretrained on crops vs from scratch"
+    written = [plot_detection_curves(dirs, losses_png, labels, title, val_metrics=[])]
+    written.append(
+        plot_detection_curves(
+            dirs,
+            ap_png,
+            labels,
+            "COCO AP on a val subset",
+            losses=False,
+            val_metrics=["coco/AP", "coco/AP50"],
+        )
+    )
+    return [p for p in written if p]
 
 
 def _panel(image: np.ndarray, title: str, draw: Any) -> np.ndarray:

@@ -50,7 +50,9 @@ from resdet.engine.hooks import (
 )
 from resdet.engine.optim import build_lr_scheduler, build_optimizer
 from resdet.engine.runtime import resolve_device, seed_everything
+from resdet.engine.selection import build_selection_hooks
 from resdet.engine.trainer import train_loop
+from resdet.engine.val_loss import detection_val_losses
 from resdet.evaluation.coco import COCOEvaluator
 from resdet.evaluation.voc import VOCEvaluator
 from resdet.layers.fold import fold_frozen_bn_training_, inference_copy
@@ -316,7 +318,10 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
     amp_ctx = autocast_factory(device.type, amp.ENABLED, amp.DTYPE)
 
     def evaluate() -> Dict[str, float]:
-        return evaluate_detector(inference_model(model, cfg), cfg, test_sets, amp_ctx, out)
+        results = evaluate_detector(inference_model(model, cfg), cfg, test_sets, amp_ctx, out)
+        if cfg.TEST.VAL_LOSS and not eval_only:
+            results.update(detection_val_losses(model, cfg, test_sets, amp_ctx))
+        return results
 
     if eval_only:
         source = weights or cfg.MODEL.WEIGHTS or checkpointer.last_checkpoint()
@@ -339,9 +344,10 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer, cfg.SOLVER.MAX_ITER)
     scaler = build_grad_scaler(device.type, amp.ENABLED, amp.DTYPE)
-    start_iter = 0
+    start_iter, hook_state = 0, {}
     if resume and checkpointer.last_checkpoint():
-        start_iter = int(checkpointer.resume(model, optimizer, scheduler, scaler)["iteration"])
+        ckpt = checkpointer.resume(model, optimizer, scheduler, scaler)
+        start_iter, hook_state = int(ckpt["iteration"]), ckpt.get("extra", {}).get("hook_state")
     else:
         if resume:
             logger.info("--resume: no checkpoint in %s, starting from scratch", out)
@@ -400,13 +406,9 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
     if test_sets:
         hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, evaluate, writer))
     hooks.append(LRFeedbackHook(scheduler, cfg.SOLVER.PLATEAU_METRIC))
-    hooks.append(
-        CheckpointHook(
-            checkpointer,
-            cfg.SOLVER.CHECKPOINT_PERIOD,
-            extra={"class_names": train_meta.class_names},
-        )
-    )
+    extra = {"class_names": train_meta.class_names}
+    hooks += build_selection_hooks(cfg, checkpointer, extra, bool(test_sets))
+    hooks.append(CheckpointHook(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, extra=extra))
     state = train_loop(
         train_model,
         compute_losses,
@@ -420,6 +422,7 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
         scaler,
         cfg.SOLVER.CLIP_GRADIENTS,
         ims_per_batch=cfg.SOLVER.IMS_PER_BATCH,
+        hook_state=hook_state,
     )
     barrier()
     return state.metrics

@@ -7,7 +7,10 @@ evaluation iteration already holds the scheduler state that evaluation changed):
     hooks = [MetricsHook(writer, cfg.LOG_PERIOD), ProgressHook(),
              EvalHook(cfg.TEST.EVAL_PERIOD, eval_fn, writer),
              LRFeedbackHook(scheduler, cfg.SOLVER.PLATEAU_METRIC),
+             *build_selection_hooks(cfg, checkpointer, extra, has_eval=True),  # best / early stop
              CheckpointHook(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD)]
+
+(``build_selection_hooks`` is in :mod:`resdet.engine.selection`.)
 
 Files: ``metrics.jsonl`` holds one JSON object per line -- training lines
 ``{"iteration", "lr", "loss", "loss_*", "time", "data_time", "images_per_s", ...}`` averaged
@@ -17,6 +20,7 @@ The same scalars go to TensorBoard (``train/<key>`` and ``val/<metric>``) in ``O
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import logging
@@ -132,6 +136,14 @@ class MetricsHook(Hook):
         it = state.iteration
         if it % self.period and it != state.max_iter:
             return
+        self._flush(state)
+
+    def after_train(self, state: TrainState) -> None:
+        if self._window:  # training stopped early, between two logging iterations
+            self._flush(state)
+
+    def _flush(self, state: TrainState) -> None:
+        it = state.iteration
         means = {k: sum(v) / len(v) for k, v in self._window.items() if v}
         self._window.clear()
         timing = {k: means.pop(k) for k in ("time", "data_time") if k in means}
@@ -210,7 +222,8 @@ class CheckpointHook(Hook):
     """Save ``model_XXXXXXX`` every ``period`` iterations and ``final_name`` after training.
 
     ``period <= 0`` saves only the final checkpoint. The checkpoint's ``extra`` holds the
-    given ``extra`` (e.g. ``{"class_names": [...]}``) and the latest eval ``metrics``.
+    given ``extra`` (e.g. ``{"class_names": [...]}``), the latest eval ``metrics`` and
+    ``state.hook_state`` (what other hooks need after a resume).
     """
 
     def __init__(
@@ -233,7 +246,11 @@ class CheckpointHook(Hook):
             state.scheduler,
             state.scaler,
             iteration=state.iteration,
-            extra={**self.extra, "metrics": dict(state.metrics)},
+            extra={
+                **self.extra,
+                "metrics": dict(state.metrics),
+                "hook_state": copy.deepcopy(state.hook_state),
+            },
         )
 
     def after_step(self, state: TrainState) -> None:
@@ -286,6 +303,9 @@ class EvalHook(Hook):
             self._run(state, self.eval_fn)
 
     def after_train(self, state: TrainState) -> None:
+        # Training stopped early right after an evaluation: its results are the final ones.
+        if self.final_eval_fn is self.eval_fn and state.last_eval_iter == state.iteration:
+            return
         self._run(state, self.final_eval_fn)
 
 

@@ -39,6 +39,11 @@ class TrainState:
             non-loss keys returned by ``compute_losses``.
         metrics: the latest evaluation results (written by ``EvalHook``).
         last_eval_iter: the iteration of the latest evaluation (-1: none yet).
+        hook_state: what hooks carry across a resume (e.g. the best metric so far); saved in
+            every checkpoint's ``extra["hook_state"]`` by ``CheckpointHook`` and handed back
+            to :func:`train_loop` when resuming.
+        stop_reason: set by a hook to end training early (e.g. early stopping); the loop
+            stops before the next step, logs the reason and runs ``after_train`` as usual.
     """
 
     model: nn.Module
@@ -53,6 +58,8 @@ class TrainState:
     extra: Dict[str, float] = field(default_factory=dict)
     metrics: Dict[str, float] = field(default_factory=dict)
     last_eval_iter: int = -1
+    hook_state: Dict[str, Any] = field(default_factory=dict)
+    stop_reason: str = ""
 
 
 class Hook:
@@ -94,6 +101,7 @@ def train_loop(
     scaler: torch.amp.GradScaler | None = None,
     clip_grad_norm: float = 0.0,
     ims_per_batch: int = 0,
+    hook_state: Dict[str, Any] | None = None,
 ) -> TrainState:
     """Train ``model`` from iteration ``start_iter`` to ``max_iter``.
 
@@ -109,6 +117,7 @@ def train_loop(
         scaler: AMP gradient scaler; None or a disabled one for fp32/bf16.
         clip_grad_norm: clip the total gradient norm to this value; 0 disables.
         ims_per_batch: global images per iteration, for the images/s figure (0: not reported).
+        hook_state: the resumed checkpoint's ``extra["hook_state"]`` (see :class:`TrainState`).
 
     Returns:
         the final :class:`TrainState`.
@@ -127,6 +136,7 @@ def train_loop(
         max_iter=max_iter,
         ims_per_batch=ims_per_batch,
         iteration=start_iter,
+        hook_state=dict(hook_state or {}),
     )
     params: List[torch.Tensor] = [p for g in optimizer.param_groups for p in g["params"]]
     logger.info("training from iteration %d to %d", start_iter, max_iter)
@@ -135,6 +145,9 @@ def train_loop(
         for h in hooks:
             h.before_train(state)
         for it in range(start_iter, max_iter):
+            if state.stop_reason:  # a hook ended training (checked before_train too)
+                logger.info("training stopped at iteration %d: %s", it, state.stop_reason)
+                break
             t0 = time.perf_counter()
             batch = next(data_iter)
             data_time = time.perf_counter() - t0

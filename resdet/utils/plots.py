@@ -6,6 +6,10 @@ and ``EvalHook``). Training error (``train_err``) is drawn thin and dashed, vali
 or several depths, can be compared in one picture. Runs without any error logged (e.g.
 detection) are drawn by training loss instead.
 
+:func:`plot_detection_curves` draws detection runs: one panel per loss term (training solid,
+validation loss dashed when ``TEST.VAL_LOSS`` logged it), the learning rate, and the
+validation metrics (AP, AP50, VOC mAP) against iterations, several runs in one figure.
+
 Uses matplotlib's Agg canvas directly (no pyplot), so it works without a display and leaves
 no global figure state behind.
 """
@@ -19,7 +23,13 @@ from typing import Dict, List, Sequence, Tuple
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["plot_curves", "read_metrics"]
+__all__ = [
+    "default_val_metrics",
+    "plot_curves",
+    "plot_detection_curves",
+    "plot_runs",
+    "read_metrics",
+]
 
 TRAIN_ERR = "train_err"
 VAL_ERR = "val/top1_err"
@@ -141,3 +151,144 @@ def plot_curves(
     fig.savefig(output)
     logger.info("wrote %s (%d runs)", output, len(runs))
     return output
+
+
+# --------------------------------------------------------------------------- detection runs
+
+# Loss terms in the order the panels show them; other ``loss*`` keys follow, sorted.
+DET_LOSS_ORDER = ("loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
+# Validation results drawn by default: the headline number of each evaluator.
+DEFAULT_VAL_METRICS = ("AP", "AP50", "mAP07", "top1_err")
+_VAL_STYLES = ("-o", "--s", ":^", "-.d", "-v", "--x")
+
+
+def default_val_metrics(val_records: Sequence[Dict[str, float]]) -> List[str]:
+    """The ``val/...`` keys whose last part is in :data:`DEFAULT_VAL_METRICS`, in first-seen
+    order (``val/coco/AP``, ``val/coco/AP50``, ``val/voc/mAP07``, ...)."""
+    keys: List[str] = []
+    for rec in val_records:
+        for k in rec:
+            if k.startswith("val/") and k.split("/")[-1] in DEFAULT_VAL_METRICS and k not in keys:
+                keys.append(k)
+    return keys
+
+
+def plot_detection_curves(
+    run_dirs: Sequence[str],
+    output: str,
+    labels: Sequence[str] | None = None,
+    title: str = "",
+    losses: bool = True,
+    val_metrics: Sequence[str] | None = None,
+) -> str | None:
+    """Training losses and validation results of one or more runs against iterations.
+
+    One colour per run. With ``losses``, one panel per loss term (``loss`` = their sum) with
+    the training curve solid and, where ``TEST.VAL_LOSS`` logged it, the validation loss
+    dashed with markers, plus the learning rate. Then one panel with the validation metrics
+    ``val_metrics`` (default :func:`default_val_metrics`; ``[]`` for none), one line style per
+    metric; fractions (AP, errors) are shown in percent.
+
+    Returns:
+        ``output``, or None when there was nothing to draw (e.g. ``losses=False`` and no
+        evaluation logged).
+
+    Raises:
+        FileNotFoundError: a run has no ``metrics.jsonl``.
+        ValueError: ``labels`` has the wrong length.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if labels is not None and len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
+    names = list(labels) if labels else [os.path.basename(os.path.normpath(d)) for d in run_dirs]
+    runs = [read_metrics(d) for d in run_dirs]
+    panels: List[str] = []
+    if losses:
+        found = {k for train, _ in runs for r in train for k in r if k.startswith("loss")}
+        panels = [k for k in DET_LOSS_ORDER if k in found]
+        panels += sorted(found - set(panels))
+        if any("lr" in r for train, _ in runs for r in train):
+            panels.append("lr")
+    all_val = [r for _, val in runs for r in val]
+    metrics = list(default_val_metrics(all_val) if val_metrics is None else val_metrics)
+    metrics = [k if k.startswith("val/") else f"val/{k}" for k in metrics]
+    missing = [k for k in metrics if not any(k in r for r in all_val)]
+    if missing and val_metrics:  # asked for by name: a typo must not pass silently
+        logged = sorted({k[len("val/") :] for r in all_val for k in r if k.startswith("val/")})
+        raise ValueError(
+            f"{', '.join(k[len('val/') :] for k in missing)} not logged by "
+            f"{', '.join(run_dirs)}; logged: {', '.join(logged) or 'no evaluation'}"
+        )
+    if not panels and not metrics:
+        return None
+
+    n = len(panels) + (1 if metrics else 0)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig = Figure(figsize=(4.2 * cols, 3.3 * rows + 0.4), dpi=110)
+    FigureCanvasAgg(fig)
+    for i, key in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for j, ((train, val), name) in enumerate(zip(runs, names)):
+            xs, ys = _series(train, key, 1.0)
+            if xs:
+                ax.plot(xs, ys, "-", color=f"C{j % 10}", lw=1.3, label=name)
+            xs, ys = _series(val, f"val/{key}", 1.0)
+            if xs:
+                ax.plot(xs, ys, "--o", color=f"C{j % 10}", lw=2.0, ms=3, label=f"{name} (val)")
+        ax.set_title({"loss": "total loss", "lr": "learning rate"}.get(key, key), fontsize=10)
+        _style(ax, legend=i == 0 or any(f"val/{key}" in r for r in all_val))
+    if metrics:
+        ax = fig.add_subplot(rows, cols, len(panels) + 1)
+        percent = all(
+            abs(r[k]) <= 1.0 for r in all_val for k in metrics if isinstance(r.get(k), float)
+        )
+        for j, ((_, val), name) in enumerate(zip(runs, names)):
+            for m, key in enumerate(metrics):
+                xs, ys = _series(val, key, 100.0 if percent else 1.0)
+                if xs:
+                    style = _VAL_STYLES[m % len(_VAL_STYLES)]
+                    label = f"{name} {key[len('val/') :]}"
+                    ax.plot(xs, ys, style, color=f"C{j % 10}", lw=1.5, ms=4, label=label)
+        ax.set_title("validation" + (" (%)" if percent else ""), fontsize=10)
+        _style(ax, legend=True)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    fig.savefig(output)
+    logger.info("wrote %s (%d runs, %d panels)", output, len(runs), n)
+    return output
+
+
+def _style(ax, legend: bool) -> None:
+    ax.set_xlabel("iteration", fontsize=8)
+    ax.grid(True, alpha=0.3)
+    ax.tick_params(labelsize=8)
+    if legend:
+        ax.legend(fontsize=7, frameon=False)
+
+
+def plot_runs(
+    run_dirs: Sequence[str],
+    output: str,
+    labels: Sequence[str] | None = None,
+    title: str = "",
+    val_metrics: Sequence[str] | None = None,
+) -> str:
+    """:func:`plot_curves` for classification runs (any logged ``train_err``), else
+    :func:`plot_detection_curves` (``tools/plot_curves.py``).
+
+    Raises:
+        FileNotFoundError: a run has no ``metrics.jsonl``.
+        ValueError: wrong number of labels, an unknown metric, or nothing to plot.
+    """
+    runs = [read_metrics(d) for d in run_dirs]
+    if any(TRAIN_ERR in r for train, _ in runs for r in train) and not val_metrics:
+        return plot_curves(run_dirs, output, labels, title)
+    path = plot_detection_curves(run_dirs, output, labels, title, val_metrics=val_metrics)
+    if path is None:
+        raise ValueError(f"nothing to plot in {', '.join(run_dirs)}")
+    return path

@@ -184,3 +184,33 @@ def test_check_api_reports_without_raising(tmp_path: Path) -> None:
     report = check_detection_dataset("no_such_dataset", progress=False)
     assert not report.ok and "unknown dataset 'no_such_dataset'" in report.fatal
     assert "1 problem(s)" in format_report([report])
+
+
+def test_draw_writes_samples_and_label_stats(tmp_path: Path, main, capsys, monkeypatch) -> None:
+    from resdet.data.shapes import generate_shapes
+
+    monkeypatch.setenv("RESDET_DATASETS", str(tmp_path / "data"))
+    generate_shapes(str(tmp_path / "data" / "shapes"), num_train=2, num_val=3, crops=False,
+                    progress=False)  # fmt: skip
+    out = tmp_path / "look"
+    args = ["--dataset", "shapes_val", "--no-progress", "--draw-dir", str(out)]
+    assert main([*args, "--draw", "2"]) == 0
+    assert "shapes_val: 3 pictures in" in capsys.readouterr().out
+    files = sorted(p.name for p in (out / "shapes_val").iterdir())
+    assert files == ["labels.png", "sample_000.jpg", "sample_001.jpg"]
+    stats = cv2.imread(str(out / "shapes_val" / "labels.png"))
+    assert stats is not None and stats.shape[0] > 400 and stats.shape[1] > 600
+    # Boxes and names are drawn: a sample differs from every val image of its size.
+    sample = cv2.imread(str(out / "shapes_val" / "sample_000.jpg")).astype(int)
+    val_images = [cv2.imread(str(p)) for p in (tmp_path / "data" / "shapes" / "val").glob("*")]
+    same_size = [im for im in val_images if im.shape == sample.shape]
+    assert same_size and all(np.abs(im - sample).max() > 100 for im in same_size)
+
+    # Asking for more than there are draws each readable image once; unreadable ones and
+    # images of the wrong size are passed over (the check report lists them).
+    root = _broken_dataset(tmp_path / "broken")
+    argv = ["--coco-json", str(root / "ann.json"), "--image-root", str(root / "img")]
+    assert main([*argv, "--no-progress", "--draw", "50", "--draw-dir", str(out)]) == 1
+    drawn = list((out / "check_ann.json").glob("sample_*.jpg"))
+    assert len(drawn) == 7  # good, empty, crowd, grey, rgba, deep, rot_ok
+    assert (out / "check_ann.json" / "labels.png").is_file()

@@ -174,3 +174,19 @@ def test_config_mistakes_fail_before_training(tmp_path, data_dir):
     with pytest.raises(ConfigError, match="plateau needs"):
         run(plateau)
     assert not (tmp_path / "model_final.pth").exists()
+
+
+def test_best_checkpoint_by_val_error(tmp_path, data_dir):
+    cfg_path = _write_config(tmp_path, data_dir)
+    out = str(tmp_path / "best")
+    opts = ["SOLVER.MAX_ITER", "8", "TEST.EVAL_PERIOD", "2", "SOLVER.BEST_METRIC", "top1_err",
+            "SOLVER.BEST_MODE", "min", "OUTPUT_DIR", out]  # fmt: skip
+    run(load_config(cfg_path, opts))
+    _, val = _records(out)
+    errors = [(r["val/top1_err"], r["iteration"]) for r in val]
+    assert [it for _, it in errors] == [2, 4, 6, 8]
+    best_err = min(e for e, _ in errors)
+    best = load_checkpoint(os.path.join(out, "model_best.pth"))
+    assert best["extra"]["best"]["value"] == pytest.approx(best_err)
+    assert best["iteration"] == next(it for e, it in errors if e == best_err)  # the first
+    assert best["extra"]["class_names"] == ["class0", "class1", "class2"]

@@ -81,3 +81,65 @@ def test_read_metrics_splits_dedupes_and_skips_torn_lines(tmp_path):
     train, val = read_metrics(str(tmp_path))
     assert [(r["iteration"], r["loss"]) for r in train] == [(10, 2.0), (20, 1.4)]
     assert val == [{"iteration": 10, "val/top1_err": 0.5}]
+
+
+def _fake_det_run(path, scale, val_loss=False, seed=0):
+    """A detection run of 600 iterations: losses every 20, an evaluation every 200."""
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True)
+    lines = []
+    terms = ("loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
+    for it in range(20, 601, 20):
+        rec = {"iteration": it, "lr": 0.02}
+        for t in terms:
+            rec[t] = scale * math.exp(-it / 300) + abs(rng.normal(0, 0.02))
+        rec["loss"] = sum(rec[t] for t in terms)
+        lines.append(rec)
+        if it % 200 == 0:
+            ev = {"iteration": it, "val/coco/AP": 0.2 + it / 2000 / scale,
+                  "val/coco/AP50": 0.4 + it / 2000 / scale, "val/voc/mAP07": 0.5}  # fmt: skip
+            if val_loss:
+                ev.update({f"val/{t}": 1.2 * rec[t] for t in terms})
+                ev["val/loss"] = sum(ev[f"val/{t}"] for t in terms)
+            lines.append(ev)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def _pixels(path):
+    import cv2
+
+    return cv2.imread(str(path)).astype(int)
+
+
+def test_detection_runs_losses_and_val_metrics_in_one_figure(tmp_path):
+    from tool_loader import load_tool
+
+    from resdet.utils.plots import default_val_metrics, plot_detection_curves
+
+    _fake_det_run(tmp_path / "pretrained", 1.0, val_loss=True)
+    _fake_det_run(tmp_path / "scratch", 1.5, seed=1)
+    main = load_tool("plot_curves").main
+    both = tmp_path / "both.png"
+    runs = [str(tmp_path / "pretrained"), str(tmp_path / "scratch")]
+    assert main([*runs, "--output", str(both), "--labels", "pretrained", "scratch"]) == 0
+    assert both.read_bytes().startswith(PNG_MAGIC)
+    # Six loss/lr panels and a metrics panel: three columns, three rows.
+    assert _pixels(both).shape[:2] == (round((3 * 3.3 + 0.4) * 110), round(3 * 4.2 * 110))
+    one = tmp_path / "one.png"
+    assert main([runs[0], "--output", str(one), "--labels", "pretrained"]) == 0
+    assert np.abs(_pixels(both) - _pixels(one)).max() > 100  # the second run is drawn too
+
+    _, val = read_metrics(runs[0])
+    assert default_val_metrics(val) == ["val/coco/AP", "val/coco/AP50", "val/voc/mAP07"]
+    # The validation losses are drawn: without them the picture differs.
+    no_val_loss = tmp_path / "plain"
+    _fake_det_run(no_val_loss, 1.0)
+    other = tmp_path / "other.png"
+    plot_detection_curves([str(no_val_loss)], str(other), ["pretrained"])
+    assert np.abs(_pixels(other) - _pixels(one)).max() > 100
+
+    nothing = plot_detection_curves(runs, str(tmp_path / "x.png"), losses=False, val_metrics=[])
+    assert nothing is None
+    with pytest.raises(ValueError, match=r"coco/AP5 not logged .*; logged: coco/AP, coco/AP50"):
+        plot_detection_curves(runs, str(tmp_path / "x.png"), val_metrics=["coco/AP5"])
+    assert main([*runs, "--output", str(tmp_path / "x.png"), "--metrics", "bbox/AP"]) == 2
