@@ -315,15 +315,15 @@ def _check_inputs(cfg: Config, weights: str, resuming: bool, eval_only: bool) ->
         raise ConfigError(
             f"DATASETS.ON_ERROR must be 'raise' or 'skip', got {cfg.DATASETS.ON_ERROR!r}"
         )
+    require_checkpoint_file(weights, "--weights")
+    if not resuming:  # the initial weights are not read when resuming
+        require_checkpoint_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
+        if not (weights or cfg.MODEL.WEIGHTS or eval_only):
+            require_checkpoint_file(cfg.MODEL.BACKBONE.PRETRAINED, "MODEL.BACKBONE.PRETRAINED")
+    # Names and source specs (files, splits) are checked here; the records load later.
     if not eval_only:
         check_dataset_entries(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
     check_dataset_entries(cfg.DATASETS.TEST, "DATASETS.TEST")
-    require_checkpoint_file(weights, "--weights")
-    if resuming:
-        return  # the initial weights are not read when resuming
-    require_checkpoint_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
-    if not (weights or cfg.MODEL.WEIGHTS or eval_only):
-        require_checkpoint_file(cfg.MODEL.BACKBONE.PRETRAINED, "MODEL.BACKBONE.PRETRAINED")
 
 
 def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, float]:
