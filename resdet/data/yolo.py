@@ -94,13 +94,12 @@ def _class_names(yaml_file: str, data: Dict[str, Any]) -> List[str]:
     if isinstance(names, dict):
         # YAML reads ``0: cat`` with int keys; quoted keys ("0": cat) are accepted too.
         by_index = {int(k) if str(k).isdigit() else k: v for k, v in names.items()}
-        if sorted(by_index, key=str) != sorted(range(len(names)), key=str):
+        if set(by_index) != set(range(len(names))):
             raise DatasetError(
                 f"{yaml_file}: 'names' keys must be the class indices 0..{len(names) - 1}, "
                 f"got {sorted(names, key=str)}"
             )
-        names = by_index
-        names = [names[i] for i in range(len(names))]
+        names = [by_index[i] for i in range(len(names))]
     if not isinstance(names, list) or not names:
         raise DatasetError(f"{yaml_file}: 'names' must be a non-empty list or mapping: {names!r}")
     nc = data.get("nc")
