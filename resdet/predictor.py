@@ -23,6 +23,7 @@ import torch
 
 from resdet.config.load import config_from_dict, load_config, save_config
 from resdet.config.schema import Config
+from resdet.data.catalog import dataset_class_names
 from resdet.data.det_transforms import build_det_transforms
 from resdet.data.image_io import read_image
 from resdet.data.records import DatasetError
@@ -114,27 +115,15 @@ def to_rgb_uint8(image: Any, source: str = "image") -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _known_names(dataset: str) -> Optional[List[str]]:
-    """Class names of the catalog's built-in datasets that need no files on disk."""
-    if dataset.startswith("voc_"):
-        from resdet.data.voc import VOC_CLASSES
-
-        return list(VOC_CLASSES)
-    if dataset.startswith("shapes_"):
-        from resdet.data.shapes import SHAPES_CLASSES
-
-        return list(SHAPES_CLASSES)
-    return None
-
-
 def resolve_class_names(
     cfg: Config, extra: Optional[Dict[str, Any]] = None
 ) -> Tuple[List[str], Optional[List[int]]]:
     """Class names (and dataset category ids, if known) for a detector's labels ``0..K-1``.
 
     Looked up in order: the checkpoint's ``extra["class_names"]`` (written by the training
-    hooks), the names of ``DATASETS.TEST`` / ``DATASETS.TRAIN`` (built-in VOC and shapes names
-    directly, other catalog datasets by loading them), else ``"class_<i>"`` with a warning.
+    hooks), the names of ``DATASETS.TEST`` / ``DATASETS.TRAIN`` (registered names or source
+    specs: :func:`resdet.data.catalog.dataset_class_names`), else ``"class_<i>"`` with a
+    warning.
     A list whose length differs from ``MODEL.ROI_HEADS.NUM_CLASSES`` is skipped with a warning.
     """
     k = cfg.MODEL.ROI_HEADS.NUM_CLASSES
@@ -146,20 +135,14 @@ def resolve_class_names(
             return [str(n) for n in names], list(ids) if ids and len(ids) == k else None
         logger.warning("checkpoint has %d class names but the model %d classes", len(names), k)
     for dataset in [*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN]:
-        first = dataset.split("+")[0]
-        names, ids = _known_names(first), None
-        if names is None:
-            try:
-                from resdet.data.catalog import get_dataset
-
-                _, meta = get_dataset(first)
-                names, ids = list(meta.class_names), list(meta.category_ids or [])
-            except (DatasetError, OSError, ValueError) as e:
-                logger.info("no class names from dataset %s: %s", first, e)
-                continue
+        try:
+            names, ids = dataset_class_names(dataset)
+        except (DatasetError, OSError, ValueError) as e:
+            logger.info("no class names from dataset %s: %s", dataset, e)
+            continue
         if len(names) == k:
             return names, ids or None
-        logger.warning("dataset %s has %d classes, the model %d", first, len(names), k)
+        logger.warning("dataset %s has %d classes, the model %d", dataset, len(names), k)
     logger.warning("no class names in the checkpoint or the config's datasets: using class_<i>")
     return [f"class_{i}" for i in range(k)], None
 
@@ -228,6 +211,16 @@ class Predictor:
             raise ValueError(
                 f"the config describes a '{cfg.MODEL.ARCH}', not a detector (MODEL.ARCH)"
             )
+        if cfg.MODEL.ROI_HEADS.NUM_CLASSES == 0:
+            # A training config that left the count to the data: the checkpoint's config (saved
+            # by the training run) holds the resolved count.
+            stored = (ckpt.get("config") or {}).get("MODEL", {}).get("ROI_HEADS", {})
+            if not stored.get("NUM_CLASSES"):
+                raise ValueError(
+                    "MODEL.ROI_HEADS.NUM_CLASSES is 0 and the checkpoint's config has no class "
+                    f"count: set MODEL.ROI_HEADS.NUM_CLASSES for {weights}"
+                )
+            cfg.MODEL.ROI_HEADS.NUM_CLASSES = int(stored["NUM_CLASSES"])
         if score_thresh is not None:
             cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(score_thresh)
         self.cfg = cfg

@@ -2,6 +2,7 @@
 
     python tools/check_dataset.py --config configs/coco_r50_fpn.yaml   # DATASETS.TRAIN + TEST
     python tools/check_dataset.py --dataset coco_2017_val --dataset voc_2007_test
+    python tools/check_dataset.py --dataset "yolo data=my/data.yaml split=val"
     python tools/check_dataset.py --coco-json my/annotations.json --image-root my/images
     python tools/check_dataset.py --image-folder datasets/imagenet/train
     python tools/check_dataset.py --dataset shapes_train --draw 16 --draw-dir look/
@@ -71,7 +72,9 @@ def main(argv: List[str] | None = None) -> int:
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", help="check DATASETS.TRAIN/TEST (or CLS_TRAIN/CLS_TEST)")
-    parser.add_argument("--dataset", action="append", default=[], help="registered name")
+    parser.add_argument(
+        "--dataset", action="append", default=[], help="registered name or source spec"
+    )
     parser.add_argument("--coco-json", help="a COCO json not in the catalog (with --image-root)")
     parser.add_argument("--image-root", help="image directory of --coco-json")
     parser.add_argument("--image-folder", action="append", default=[], help="root/<class>/<img>")

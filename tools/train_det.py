@@ -1,4 +1,4 @@
-"""Train or evaluate a Faster R-CNN detector (COCO, PASCAL VOC or a registered dataset).
+"""Train or evaluate a Faster R-CNN detector (COCO, VOC, YOLO or registered datasets).
 
     python tools/train_det.py --config configs/coco_r101.yaml [KEY VALUE ...]
     python tools/train_det.py --config configs/coco_r101.yaml --resume

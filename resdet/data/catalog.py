@@ -13,7 +13,10 @@ Standard names (layout in ``datasets/README.md``)::
     shapes_train  shapes_val  shapes_voc_train  shapes_voc_val   (generated, <root>/shapes)
 
 A new dataset is one call: :func:`register_coco_instances` for COCO-format json, or
-:func:`register_dataset` with any function returning ``(records, meta)``.
+:func:`register_dataset` with any function returning ``(records, meta)``. Without Python, a
+name may also be a source spec (:mod:`resdet.data.sources`), e.g.
+``"yolo data=my/data.yaml split=val"``: anything that is not a registered name and looks like
+``<format> key=value ...`` is loaded by the format's loader. Registered names take precedence.
 
 Bad annotations: ``get_dataset(names, on_error=...)`` (``DATASETS.ON_ERROR`` in configs) is
 handed to every loader that takes an ``on_error`` keyword: ``"raise"`` stops at the first bad
@@ -28,11 +31,19 @@ import difflib
 import inspect
 import logging
 import os
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from resdet.data.coco import load_coco_json
 from resdet.data.records import DatasetError, DatasetMeta, DetectionRecord
-from resdet.data.voc import load_voc
+from resdet.data.sources import (
+    check_spec,
+    load_spec,
+    looks_like_spec,
+    parse_spec,
+    spec_class_names,
+    split_union,
+)
+from resdet.data.voc import VOC_CLASSES, load_voc
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +51,8 @@ logger = logging.getLogger(__name__)
 Loader = Callable[..., Tuple[List[DetectionRecord], DatasetMeta]]
 
 _REGISTRY: Dict[str, Loader] = {}
+# Standard names whose classes are known without reading their files (dataset_class_names).
+_BUILTIN_CLASSES: Dict[str, Callable[[], List[str]]] = {}
 
 _README_HINT = "see datasets/README.md for the expected layout; RESDET_DATASETS sets the root"
 
@@ -64,6 +77,7 @@ def register_dataset(name: str, loader_fn: Loader, overwrite: bool = False) -> N
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"dataset {name!r} is already registered (pass overwrite=True)")
     _REGISTRY[name] = loader_fn
+    _BUILTIN_CLASSES.pop(name, None)
 
 
 def register_coco_instances(
@@ -96,16 +110,23 @@ def _accepts_on_error(fn: Loader) -> bool:
     return "on_error" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def _unknown(name: str) -> DatasetError:
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return DatasetError(
+        f"unknown dataset {name!r}{hint} (registered: {len(_REGISTRY)}, "
+        "see resdet.data.catalog.list_datasets(); or name files directly, e.g. "
+        "'yolo data=PATH/data.yaml split=val', see resdet.data.sources)"
+    )
+
+
 def _load_one(
     name: str, on_error: Optional[str] = None
 ) -> Tuple[List[DetectionRecord], DatasetMeta]:
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise DatasetError(
-            f"unknown dataset {name!r}{hint} (registered: {len(_REGISTRY)}, "
-            "see resdet.data.catalog.list_datasets())"
-        )
+        if looks_like_spec(name):
+            return load_spec(parse_spec(name), on_error or "raise")
+        raise _unknown(name)
     loader = _REGISTRY[name]
     if on_error is not None and _accepts_on_error(loader):
         records, meta = loader(on_error=on_error)
@@ -114,6 +135,58 @@ def _load_one(
     if not meta.name:
         meta.name = name
     return records, meta
+
+
+def check_dataset_entries(entries: Sequence[str], key: str) -> None:
+    """Check config entries (``DATASETS.TRAIN``) before any data is loaded: every ``+`` part
+    is a registered name or a source spec whose files and split exist.
+
+    Raises:
+        DatasetError: ``"<key>[i]: ..."`` naming the entry and the problem.
+    """
+    for i, entry in enumerate(entries):
+        try:
+            parts = split_union(entry)
+            if not parts:
+                raise DatasetError(f"empty dataset name {entry!r}")
+            for part in parts:
+                if part in _REGISTRY:
+                    continue
+                if not looks_like_spec(part):
+                    raise _unknown(part)
+                check_spec(parse_spec(part))
+        except DatasetError as e:
+            raise DatasetError(f"{key}[{i}]: {e}") from e
+
+
+def display_name(entry: str) -> str:
+    """A short name for an entry: a registered name itself, a spec's :attr:`name` (parts of
+    a union joined by ``+``). Used for metric prefixes and result folders."""
+    parts = split_union(entry)
+    return "+".join(p if p in _REGISTRY or not looks_like_spec(p) else parse_spec(p).name
+                    for p in parts)  # fmt: skip
+
+
+def dataset_class_names(entry: str) -> Tuple[List[str], Optional[List[int]]]:
+    """Class names (label order) and category ids (None: ``1..K``) of a config entry (its
+    first ``+`` part), loading as little as possible: built-in VOC and shapes names and YOLO /
+    VOC specs read no annotation, COCO specs only the json; other registered names are loaded.
+
+    Raises:
+        DatasetError: unknown name, bad spec, missing files.
+    """
+    parts = split_union(entry)
+    if not parts:
+        raise DatasetError(f"empty dataset name {entry!r}")
+    first = parts[0]
+    if first not in _REGISTRY:
+        if looks_like_spec(first):
+            return spec_class_names(parse_spec(first))
+        raise _unknown(first)
+    if first in _BUILTIN_CLASSES:
+        return _BUILTIN_CLASSES[first](), None
+    _, meta = _load_one(first)
+    return list(meta.class_names), list(meta.category_ids or []) or None
 
 
 def get_dataset(
@@ -142,7 +215,7 @@ def get_dataset(
     if on_error is not None and on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     parts = [names] if isinstance(names, str) else list(names)
-    parts = [p.strip() for item in parts for p in item.split("+") if p.strip()]
+    parts = [p for item in parts for p in split_union(item)]
     if not parts:
         raise DatasetError(f"no dataset name given: {names!r}")
     loaded = [_load_one(p, on_error) for p in parts]
@@ -159,7 +232,7 @@ def get_dataset(
                 )
         records.extend(recs)
     meta = DatasetMeta(
-        name="+".join(parts),
+        name="+".join(display_name(p) for p in parts),
         class_names=list(first_meta.class_names),
         category_ids=list(first_meta.category_ids or []),
         evaluator=first_meta.evaluator,
@@ -216,9 +289,18 @@ def _register_standard() -> None:
         for split in splits:
             name = f"voc_{year}_{split}"
             register_dataset(name, _standard_voc(name, year, split))
+            _BUILTIN_CLASSES[name] = lambda: list(VOC_CLASSES)
     for split in ("train", "val"):
         register_dataset(f"shapes_{split}", _shapes(f"shapes_{split}", split, voc=False))
         register_dataset(f"shapes_voc_{split}", _shapes(f"shapes_voc_{split}", split, voc=True))
+        for name in (f"shapes_{split}", f"shapes_voc_{split}"):
+            _BUILTIN_CLASSES[name] = _shapes_classes
+
+
+def _shapes_classes() -> List[str]:
+    from resdet.data.shapes import SHAPES_CLASSES
+
+    return list(SHAPES_CLASSES)
 
 
 def _shapes(name: str, split: str, voc: bool) -> Loader:

@@ -162,7 +162,8 @@ def check_detection_dataset(
     """Check a registered detection dataset (or ``"+"`` union) in full.
 
     Args:
-        name: catalog name, e.g. ``"coco_2017_val"`` (see :mod:`resdet.data.catalog`).
+        name: catalog name, e.g. ``"coco_2017_val"`` (see :mod:`resdet.data.catalog`), or a
+            source spec such as ``"yolo data=my/data.yaml split=val"``.
         workers: threads decoding images.
         progress: show a tqdm bar.
         decode: also decode every image (False: annotations only).

@@ -140,6 +140,12 @@ def _categories(json_file: str, cats: Sequence[Dict[str, Any]]) -> Tuple[List[in
     return ids, [names[i] for i in ids]
 
 
+def read_coco_categories(json_file: str) -> Tuple[List[int], List[str]]:
+    """``(category ids, class names)`` of a COCO json, sorted by id (the label order
+    :func:`load_coco_json` uses), without indexing its images and annotations."""
+    return _categories(json_file, _read_json(json_file)["categories"])
+
+
 def _image_problem(img: Dict[str, Any]) -> str:
     """Why an image entry is unusable, or "" when it is fine."""
     for key in ("id", "file_name", "height", "width"):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -18,7 +19,12 @@ from tqdm import tqdm
 
 from resdet.config.load import ConfigError, save_config
 from resdet.config.schema import Config
-from resdet.data.catalog import get_dataset
+from resdet.data.catalog import (
+    check_dataset_entries,
+    dataset_class_names,
+    display_name,
+    get_dataset,
+)
 from resdet.data.coco import filter_empty
 from resdet.data.det_dataset import DetectionDataset
 from resdet.data.det_transforms import build_det_transforms
@@ -91,9 +97,32 @@ def load_detection_data(
         raise ConfigError(
             f"MODEL.ROI_HEADS.NUM_CLASSES is {num_classes} but dataset {meta.name} has "
             f"{len(meta.class_names)} classes; set MODEL.ROI_HEADS.NUM_CLASSES "
-            f"{len(meta.class_names)}"
+            f"{len(meta.class_names)} (or 0 to take the count from the data)"
         )
     return records, meta
+
+
+def resolve_num_classes(cfg: Config, eval_only: bool = False) -> Config:
+    """``cfg`` with ``MODEL.ROI_HEADS.NUM_CLASSES 0`` replaced by the class count of
+    ``DATASETS.TRAIN`` (``DATASETS.TEST`` with ``eval_only``); a non-zero count is kept (and
+    checked against the data later by :func:`load_detection_data`). Returns a copy when it
+    changes anything, so the saved config and the checkpoints hold the resolved count."""
+    if cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        return cfg
+    key = "TEST" if eval_only else "TRAIN"
+    entries = getattr(cfg.DATASETS, key)
+    if not entries:
+        raise ConfigError(
+            f"MODEL.ROI_HEADS.NUM_CLASSES 0 takes the class count from DATASETS.{key}, "
+            "which is empty"
+        )
+    check_dataset_entries(entries, f"DATASETS.{key}")
+    names, _ = dataset_class_names(entries[0])
+    resolved = copy.deepcopy(cfg)
+    resolved.MODEL.ROI_HEADS.NUM_CLASSES = len(names)
+    logger.info("MODEL.ROI_HEADS.NUM_CLASSES 0: %d classes from DATASETS.%s (%s)",
+                len(names), key, ", ".join(names))  # fmt: skip
+    return resolved
 
 
 def build_test_loader(cfg: Config, records: List[DetectionRecord]) -> DataLoader:
@@ -270,11 +299,13 @@ def run(
     Returns the last evaluation's metrics.
     """
     rank, _, _ = init_distributed()
-    if is_main_process():
-        save_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
     setup_logging(cfg.OUTPUT_DIR, rank)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
+        # Before the config is saved: config.yaml and the checkpoints hold the real count.
+        cfg = resolve_num_classes(cfg, eval_only)
+        if is_main_process():
+            save_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
         return _run(cfg, resume, eval_only, weights)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
@@ -288,11 +319,14 @@ def _check_inputs(cfg: Config, weights: str, resuming: bool, eval_only: bool) ->
             f"DATASETS.ON_ERROR must be 'raise' or 'skip', got {cfg.DATASETS.ON_ERROR!r}"
         )
     require_checkpoint_file(weights, "--weights")
-    if resuming:
-        return  # the initial weights are not read when resuming
-    require_checkpoint_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
-    if not (weights or cfg.MODEL.WEIGHTS or eval_only):
-        require_checkpoint_file(cfg.MODEL.BACKBONE.PRETRAINED, "MODEL.BACKBONE.PRETRAINED")
+    if not resuming:  # the initial weights are not read when resuming
+        require_checkpoint_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
+        if not (weights or cfg.MODEL.WEIGHTS or eval_only):
+            require_checkpoint_file(cfg.MODEL.BACKBONE.PRETRAINED, "MODEL.BACKBONE.PRETRAINED")
+    # Names and source specs (files, splits) are checked here; the records load later.
+    if not eval_only:
+        check_dataset_entries(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+    check_dataset_entries(cfg.DATASETS.TEST, "DATASETS.TEST")
 
 
 def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, float]:
@@ -313,7 +347,7 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
     test_sets = []
     for name in cfg.DATASETS.TEST:
         records, meta = load_detection_data([name], cfg, train=False)
-        test_sets.append((name, records, meta))
+        test_sets.append((display_name(name), records, meta))
     amp = cfg.SOLVER.AMP
     amp_ctx = autocast_factory(device.type, amp.ENABLED, amp.DTYPE)
 
@@ -406,7 +440,7 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
     if test_sets:
         hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, evaluate, writer))
     hooks.append(LRFeedbackHook(scheduler, cfg.SOLVER.PLATEAU_METRIC))
-    extra = {"class_names": train_meta.class_names}
+    extra = {"class_names": train_meta.class_names, "category_ids": train_meta.category_ids}
     hooks += build_selection_hooks(cfg, checkpointer, extra, bool(test_sets))
     hooks.append(CheckpointHook(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, extra=extra))
     state = train_loop(
