@@ -25,7 +25,7 @@ import random
 import re
 import tempfile
 from collections import defaultdict
-from typing import IO, Any, Callable, Dict, List, Mapping, Sequence, Union
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -204,6 +204,7 @@ def load_model_weights(
     prefix: str = "",
     log: bool = True,
     strict: bool = False,
+    source: Optional[str] = None,
 ) -> _IncompatibleKeys:
     """Load weights into ``model`` (or into its submodule named ``prefix``).
 
@@ -217,6 +218,7 @@ def load_model_weights(
             as unexpected keys).
         log: log missing / unexpected keys, grouped by module.
         strict: raise when any key is missing or unexpected (exact resume).
+        source: the file to name in messages when a state dict is passed.
 
     Returns:
         ``(missing_keys, unexpected_keys)`` relative to the target module.
@@ -225,7 +227,9 @@ def load_model_weights(
         ValueError: a tensor's shape differs from the model's (names the key and both shapes),
             or ``strict`` and the keys differ.
     """
-    source = state_dict_or_path if isinstance(state_dict_or_path, str) else "state dict"
+    if isinstance(state_dict_or_path, str):
+        source = state_dict_or_path
+    source = source or "state dict"
     sd: Any = state_dict_or_path
     if isinstance(sd, str):
         sd = load_checkpoint(sd)

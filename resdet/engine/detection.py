@@ -10,7 +10,7 @@ import copy
 import json
 import logging
 import os
-from typing import Any, Callable, ContextManager, Dict, List, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -46,6 +46,7 @@ from resdet.engine.dist import (
     init_distributed,
     is_main_process,
 )
+from resdet.engine.head_transfer import transfer_box_predictor
 from resdet.engine.hooks import (
     CheckpointHook,
     EvalHook,
@@ -241,14 +242,23 @@ def evaluate_detector(
     return all_gather_object(results)[0]
 
 
-# Keys whose value the backbone weights were trained with and the detector must use too:
-# the tensors have the same shapes either way, so a mismatch would train silently wrong.
+# Keys whose value the weights were trained with and the detector must use too: the tensors
+# have the same shapes either way, so a mismatch would train silently wrong. The last group
+# only exists in a whole detector (MODEL.WEIGHTS), e.g. one converted from torchvision.
 _INPUT_CONVENTIONS = (
     ("MODEL", "BACKBONE", "STRIDE_IN_1X1"),
     ("MODEL", "INPUT_FORMAT"),
     ("MODEL", "PIXEL_MEAN"),
     ("MODEL", "PIXEL_STD"),
     ("MODEL", "PIXEL_SCALE"),
+    ("MODEL", "ANCHOR", "SIZES"),
+    ("MODEL", "ANCHOR", "ASPECT_RATIOS"),
+    ("MODEL", "ANCHOR", "ROUND"),
+    ("MODEL", "ANCHOR", "STRIDE_FROM_INPUT"),
+    ("MODEL", "RPN", "BBOX_REG_WEIGHTS"),
+    ("MODEL", "ROI_HEADS", "POOLER_ALIGNED"),
+    ("MODEL", "ROI_HEADS", "POOLER_SAMPLING_RATIO"),
+    ("MODEL", "ROI_HEADS", "BBOX_REG_WEIGHTS"),
 )
 
 
@@ -274,9 +284,21 @@ def input_convention_mismatches(source: Any, cfg: Config) -> List[str]:
     return problems
 
 
-def _load_initial_weights(model: FasterRCNN, cfg: Config, weights: str) -> None:
+def _load_initial_weights(
+    model: FasterRCNN, cfg: Config, weights: str, class_names: Sequence[str]
+) -> None:
     if weights or cfg.MODEL.WEIGHTS:
-        load_model_weights(model, weights or cfg.MODEL.WEIGHTS)
+        # A whole detector, possibly of other classes: the box predictor is rebuilt for the
+        # training set's classes, copying the rows of the classes both name (head_transfer).
+        path = weights or cfg.MODEL.WEIGHTS
+        checkpoint = load_checkpoint(path)
+        for problem in input_convention_mismatches(checkpoint.get("config"), cfg):
+            logger.warning("%s: %s", path, problem)
+        source_names = (checkpoint.get("extra") or {}).get("class_names")
+        sd = transfer_box_predictor(
+            checkpoint["model"], model.state_dict(), source_names, class_names, path
+        )
+        load_model_weights(model, sd, source=path)
     elif cfg.MODEL.BACKBONE.PRETRAINED:
         # A classification checkpoint: same ResNet keys, only fc.* is left over (logged).
         path = cfg.MODEL.BACKBONE.PRETRAINED
@@ -385,7 +407,7 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
     else:
         if resume:
             logger.info("--resume: no checkpoint in %s, starting from scratch", out)
-        _load_initial_weights(model, cfg, weights)
+        _load_initial_weights(model, cfg, weights, train_meta.class_names)
 
     check_same_on_all_ranks(start_iter, "the iteration to start from")
     if cfg.SOLVER.FOLD_FROZEN_BN:
