@@ -152,8 +152,15 @@ def plot_confusion(
                     continue
                 text = fmt.format(int(v) if fmt == "{:d}" else float(v))
                 dark = shown[r, c] > 0.6 * shown.max()
-                ax.text(c, r, text, ha="center", va="center", fontsize=7,
-                        color="white" if dark else "black")  # fmt: skip
+                ax.text(
+                    c,
+                    r,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if dark else "black",
+                )
         ax.set_xticks(range(n))
         ax.set_yticks(range(n))
         ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)

@@ -27,8 +27,14 @@ from resdet.evaluation.report_data import ReportData, per_class_counts
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["F1Point", "best_f1", "plot_pr_curves", "plot_threshold_curves", "pr_curves",
-           "threshold_curves"]  # fmt: skip
+__all__ = [
+    "F1Point",
+    "best_f1",
+    "plot_pr_curves",
+    "plot_threshold_curves",
+    "pr_curves",
+    "threshold_curves",
+]
 
 # Score thresholds at which the threshold curves are drawn.
 THRESHOLD_GRID = np.linspace(0.0, 1.0, 101)
@@ -154,7 +160,7 @@ def plot_pr_curves(curves_by_iou: Dict[float, Dict[str, np.ndarray]], path: str)
         ax.set_ylabel("precision")
         ax.set_title(f"precision-recall at IoU {iou:.2f} (legend: AP)")
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower left", fontsize=7, frameon=False)
+        ax.legend(loc="best", fontsize=7, frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     return path

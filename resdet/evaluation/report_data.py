@@ -82,7 +82,8 @@ class ReportData:
 
     @property
     def image_ids(self) -> List[int]:
-        return list(self.cocoeval.params.imgIds)
+        # COCOeval.evaluate() turns params.imgIds into numpy integers.
+        return [int(i) for i in self.cocoeval.params.imgIds]
 
     def label(self, cat_id: int) -> int:
         """Contiguous label of a category id."""
