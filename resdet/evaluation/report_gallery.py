@@ -12,6 +12,7 @@ objects dashed yellow.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -144,8 +145,11 @@ def draw_gallery(
             problems.append(str(err))
             continue
         tiles.append(_draw(data, e.image_id, image, score_thresh, iou, max_side))
-    for p in problems:
-        logger.warning("evaluation report gallery: %s", p)
+    if problems:
+        logger.warning(
+            "evaluation report gallery %s: %d of %d images not drawn, e.g. %s",
+            os.path.basename(path), len(problems), len(entries), problems[0],
+        )  # fmt: skip
     if not tiles:
         return None, problems
     save_image(path, tile_images(tiles, cols=min(cols, len(tiles))))

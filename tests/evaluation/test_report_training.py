@@ -75,3 +75,18 @@ def test_report_after_training_and_from_eval_det(tmp_path) -> None:
         json.loads((ev / "coco_metrics.json").read_text())["AP50"]
     )
     assert not (ev / "report").exists()
+
+
+def test_eval_det_report_flags_become_config_overrides() -> None:
+    from tool_loader import load_tool
+
+    tool = load_tool("eval_det")
+    base = ["--config", "c.yaml", "--weights", "w.pth", "OUTPUT_DIR", "out"]
+    assert tool.report_overrides(base) == base
+    assert tool.report_overrides([*base[:4], "--report", *base[4:]]) == [
+        *base, "TEST.REPORT", "True"
+    ]  # fmt: skip
+    flags = ["--report-dir", "r", "--report-score-thresh", "0.3"]
+    assert tool.report_overrides([*flags, *base]) == [
+        *base, "TEST.REPORT", "True", "TEST.REPORT_DIR", "r", "TEST.REPORT_SCORE_THRESH", "0.3"
+    ]  # fmt: skip
