@@ -75,6 +75,10 @@ class ReportData:
     cat_ids: List[int]
     class_names: List[str]
     _matchings: Dict[float, Matching] = field(default_factory=dict, repr=False)
+    _labels: Dict[int, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._labels = {c: k for k, c in enumerate(self.cat_ids)}
 
     @property
     def num_classes(self) -> int:
@@ -87,7 +91,7 @@ class ReportData:
 
     def label(self, cat_id: int) -> int:
         """Contiguous label of a category id."""
-        return self.cat_ids.index(cat_id)
+        return self._labels[cat_id]
 
     def iou_index(self, iou: float) -> int:
         """Index of ``iou`` in ``params.iouThrs`` (the ``T`` axis of ``eval["precision"]``)."""
@@ -100,7 +104,7 @@ class ReportData:
         """One image's gt: ``boxes`` float64[G, 4] xyxy, ``labels`` int64[G], ``crowd``
         bool[G], ``ids`` int64[G] (annotation ids), in annotation order."""
         anns = self.coco_gt.loadAnns(self.coco_gt.getAnnIds(imgIds=[img_id]))
-        anns = [a for a in anns if a["category_id"] in self.cat_ids]
+        anns = [a for a in anns if a["category_id"] in self._labels]
         return {
             "boxes": xywh_to_xyxy([a["bbox"] for a in anns]),
             "labels": np.array([self.label(a["category_id"]) for a in anns], np.int64),
@@ -112,7 +116,7 @@ class ReportData:
         """One image's detections, by score high to low (a stable sort, as COCOeval's):
         ``boxes`` float64[D, 4] xyxy, ``scores`` float64[D], ``labels`` int64[D], ``ids``."""
         anns = self.coco_dt.loadAnns(self.coco_dt.getAnnIds(imgIds=[img_id]))
-        anns = [a for a in anns if a["category_id"] in self.cat_ids]
+        anns = [a for a in anns if a["category_id"] in self._labels]
         scores = np.array([a["score"] for a in anns], np.float64)
         order = np.argsort(-scores, kind="mergesort")
         anns = [anns[i] for i in order]

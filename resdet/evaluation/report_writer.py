@@ -21,6 +21,7 @@ from resdet.data.records import DatasetMeta, DetectionRecord
 from resdet.evaluation.coco import json_safe, load_coco_gt, read_coco_gt, read_coco_results
 from resdet.evaluation.report_confusion import confusion_matrix, normalize_rows, plot_confusion
 from resdet.evaluation.report_curves import (
+    F1Point,
     best_f1,
     plot_pr_curves,
     plot_threshold_curves,
@@ -126,6 +127,143 @@ def _num(x: float) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x:.3f}"
 
 
+def _curves_section(data: ReportData, doc: ReportDoc, folder: str) -> Dict[str, F1Point]:
+    pr = {iou: pr_curves(data, iou) for iou in (0.5, 0.75)}
+    plot_pr_curves(pr, os.path.join(folder, "pr_curves.png"))
+    doc.heading("Precision-recall curves")
+    doc.text(
+        "COCOeval's interpolated precision at its 101 recall points (eval['precision'], area "
+        "all, 100 detections); 'all classes' is their mean, whose mean is the mAP."
+    )
+    doc.image("pr_curves.png", "precision-recall curves at IoU 0.5 and 0.75")
+    best = best_f1(data)
+    plot_threshold_curves(
+        threshold_curves(data), best, os.path.join(folder, "threshold_curves.png")
+    )
+    doc.heading("Precision, recall and F1 against the score threshold")
+    doc.text(
+        "At IoU 0.5, keeping detections with score >= threshold. The best threshold "
+        "maximises F1 (exactly, over every detection score); 'all classes' pools the "
+        "counts of every class: one threshold for the whole detector."
+    )
+    doc.image("threshold_curves.png", "precision, recall and F1 against the score threshold")
+    doc.table(
+        ["class", "best threshold", "precision", "recall", "F1", "objects"],
+        [
+            [n, _num(b.threshold), _num(b.precision), _num(b.recall), _num(b.f1), b.num_gt]
+            for n, b in best.items()
+        ],
+    )
+    return best
+
+
+def _confusion_section(
+    data: ReportData, doc: ReportDoc, folder: str, score_thresh: float, how: str
+) -> Dict[str, Any]:
+    cm = confusion_matrix(data, score_thresh)
+    plot_confusion(cm, data.class_names, score_thresh, os.path.join(folder, "confusion_matrix.png"))
+    names = [*data.class_names, "background"]
+    doc.heading("Confusion matrix")
+    doc.text(
+        f"IoU 0.5, score >= {score_thresh:.3f} ({how}). Rows: ground truth; columns: "
+        "prediction. Background row: false detections; background column: missed objects. "
+        "Detections are matched greedily by score, first to objects of their own class "
+        "(COCOeval's rule, so the diagonal is COCOeval's true positives), then to objects of "
+        "other classes (torchvision.ops.box_iou)."
+    )
+    doc.image("confusion_matrix.png", "confusion matrix, counts and row-normalised")
+    doc.table(["truth \\ predicted", *names], [[n, *row] for n, row in zip(names, cm.tolist())])
+    return {"labels": names, "counts": cm.tolist(), "row_normalised": normalize_rows(cm).tolist()}
+
+
+def _errors_section(data: ReportData, doc: ReportDoc, folder: str) -> Dict[str, Any]:
+    errors = error_breakdown(data)
+    plot_errors(errors, os.path.join(folder, "errors.png"))
+    doc.heading("Where the AP50 goes (TIDE error breakdown)")
+    doc.text(
+        "TIDE's definitions (Bolya et al. 2020; foreground IoU 0.5, background IoU 0.1): each "
+        "false positive and missed object gets one error type; dAP is the AP50 gained by "
+        "fixing that type alone, re-scored with pycocotools. The dAPs overlap: they need not "
+        f"add up to 100 - AP50. Baseline AP50 {_pct(errors.ap50)}."
+    )
+    doc.image("errors.png", "dAP50 per error type")
+    doc.table(
+        ["type", "what", "count", "dAP50"],
+        [
+            [k, DESCRIPTIONS[k], errors.counts.get(k, "-"), _pct(errors.dap[k])]
+            for k in (*ERROR_TYPES, *SPECIAL_TYPES)
+        ],
+    )
+    return {"ap50": errors.ap50, "counts": errors.counts, "dap": errors.dap}
+
+
+def _ap_section(aps: Dict[str, Any], doc: ReportDoc, folder: str) -> None:
+    _plot_ap_bars(
+        aps["by_size"],
+        ("AP", "AP50"),
+        "AP by object size (COCO areas)",
+        os.path.join(folder, "ap_by_size.png"),
+    )
+    _plot_ap_bars(
+        aps["per_class"],
+        ("AP", "AP50", "AP75"),
+        "AP per class",
+        os.path.join(folder, "ap_per_class.png"),
+    )
+    doc.heading("AP by object size and per class")
+    doc.text(
+        "Small < 32x32 pixels < medium < 96x96 pixels < large (COCO's areas); AP is the mean "
+        "over IoU 0.50:0.95, n/a where there is no object of that size or class."
+    )
+    doc.image("ap_by_size.png", "AP by object size")
+    doc.image("ap_per_class.png", "AP per class")
+    doc.table(
+        ["class", "AP", "AP50", "AP75"],
+        [[n, _pct(v["AP"]), _pct(v["AP50"]), _pct(v["AP75"])] for n, v in aps["per_class"].items()],
+    )
+
+
+def _gallery_section(
+    data: ReportData,
+    doc: ReportDoc,
+    folder: str,
+    score_thresh: float,
+    image_path: Optional[Callable[[int], Optional[str]]],
+    size: int,
+) -> Dict[str, List[Dict[str, Any]]]:
+    per_image = image_errors(data, score_thresh)
+    galleries: Dict[str, List[Dict[str, Any]]] = {}
+    doc.heading("The images with the most errors")
+    doc.text(
+        "Detections are drawn green when right and red when wrong (class and score), objects "
+        "dashed white when found and dashed yellow when missed."
+    )
+    for key, file, what in (
+        ("false_positives", "gallery_false_positives.png", "false positives"),
+        ("missed", "gallery_missed.png", "missed objects"),
+    ):
+        worst = worst_images(per_image, key, size)
+        galleries[key] = [e.__dict__ for e in worst]
+        if not worst:
+            doc.text(f"No image has {what} at score >= {score_thresh:.3f}.")
+            continue
+        doc.text(f"Most {what} (score >= {score_thresh:.3f}, IoU 0.5), in the order of the table.")
+        if image_path is None:
+            drawn, problems = None, ["no image folder given"]
+        else:
+            path = os.path.join(folder, file)
+            drawn, problems = draw_gallery(data, worst, score_thresh, path, image_path)
+        if drawn:
+            doc.image(file, f"images with the most {what}")
+        for p in problems[:5]:
+            doc.text(f"Not drawn: {p}")
+        doc.table(
+            ["file", "image id", "false positives", "missed"],
+            [[data.image_file(e.image_id), e.image_id, e.false_positives, e.missed] for e in worst],
+        )
+    return galleries
+
+
 def write_report(
     data: ReportData,
     output_dir: str,
@@ -144,10 +282,10 @@ def write_report(
         gallery_size: images per gallery.
     """
     os.makedirs(output_dir, exist_ok=True)
-    out = lambda name: os.path.join(output_dir, name)  # noqa: E731
     doc = ReportDoc(title)
-    n_img, n_det = len(data.image_ids), len(data.matching(0.5).dt_match)
-    n_gt = sum(1 for g in data.matching(0.5).gt_match if g not in data.matching(0.5).gt_ignored)
+    m = data.matching(0.5)
+    n_img, n_det = len(data.image_ids), len(m.dt_match)
+    n_gt = sum(1 for g in m.gt_match if g not in m.gt_ignored)
     aps = ap_table(data)
     doc.text(
         f"{n_img} images, {n_gt} objects, {n_det} detections evaluated, {data.num_classes} "
@@ -156,35 +294,7 @@ def write_report(
         "uses COCOeval's matching (greedy by score, one detection per object, crowd regions "
         "ignored, at most 100 detections per image and class) unless it says otherwise."
     )
-
-    # Precision-recall and threshold curves.
-    pr = {iou: pr_curves(data, iou) for iou in (0.5, 0.75)}
-    plot_pr_curves(pr, out("pr_curves.png"))
-    doc.heading("Precision-recall curves")
-    doc.text(
-        "COCOeval's interpolated precision at its 101 recall points (eval['precision'], area "
-        "all, 100 detections); 'all classes' is their mean, whose mean is the mAP."
-    )
-    doc.image("pr_curves.png", "precision-recall curves at IoU 0.5 and 0.75")
-    curves = threshold_curves(data)
-    best = best_f1(data)
-    plot_threshold_curves(curves, best, out("threshold_curves.png"))
-    doc.heading("Precision, recall and F1 against the score threshold")
-    doc.text(
-        "At IoU 0.5, keeping detections with score >= threshold. The best threshold "
-        "maximises F1 (exactly, over every detection score); 'all classes' pools the "
-        "counts of every class: one threshold for the whole detector."
-    )
-    doc.image("threshold_curves.png", "precision, recall and F1 against the score threshold")
-    doc.table(
-        ["class", "best threshold", "precision", "recall", "F1", "objects"],
-        [
-            [n, _num(b.threshold), _num(b.precision), _num(b.recall), _num(b.f1), b.num_gt]
-            for n, b in best.items()
-        ],
-    )
-
-    # Confusion matrix at the chosen threshold.
+    best = _curves_section(data, doc, output_dir)
     if score_thresh is None or score_thresh < 0:
         score_thresh = best["all classes"].threshold
         how = "the threshold of best F1 over all classes"
@@ -192,89 +302,6 @@ def write_report(
             score_thresh, how = DEFAULT_SCORE_THRESH, "a default (no detection to choose by)"
     else:
         how = "as asked"
-    cm = confusion_matrix(data, score_thresh)
-    plot_confusion(cm, data.class_names, score_thresh, out("confusion_matrix.png"))
-    names = [*data.class_names, "background"]
-    doc.heading("Confusion matrix")
-    doc.text(
-        f"IoU 0.5, score >= {score_thresh:.3f} ({how}). Rows: ground truth; columns: "
-        "prediction. Background row: false detections; background column: missed objects. "
-        "Detections are matched greedily by score, first to objects of their own class "
-        "(COCOeval's rule, so the diagonal is COCOeval's true positives), then to objects of "
-        "other classes (torchvision.ops.box_iou)."
-    )
-    doc.image("confusion_matrix.png", "confusion matrix, counts and row-normalised")
-    doc.table(["truth \\ predicted", *names], [[n, *row] for n, row in zip(names, cm.tolist())])
-
-    # TIDE error breakdown.
-    errors = error_breakdown(data)
-    plot_errors(errors, out("errors.png"))
-    doc.heading("Where the AP50 goes (TIDE error breakdown)")
-    doc.text(
-        "TIDE's definitions (Bolya et al. 2020; foreground IoU 0.5, background IoU 0.1): each "
-        "false positive and missed object gets one error type; dAP is the AP50 gained by "
-        "fixing that type alone, re-scored with pycocotools. The dAPs overlap: they need not "
-        f"add up to 100 - AP50. Baseline AP50 {_pct(errors.ap50)}."
-    )
-    doc.image("errors.png", "dAP50 per error type")
-    doc.table(
-        ["type", "what", "count", "dAP50"],
-        [
-            [k, DESCRIPTIONS[k], errors.counts.get(k, "-"), _pct(errors.dap[k])]
-            for k in (*ERROR_TYPES, *SPECIAL_TYPES)
-        ],
-    )
-
-    # AP bar charts.
-    _plot_ap_bars(
-        aps["by_size"], ("AP", "AP50"), "AP by object size (COCO areas)", out("ap_by_size.png")
-    )
-    _plot_ap_bars(aps["per_class"], ("AP", "AP50", "AP75"), "AP per class", out("ap_per_class.png"))
-    doc.heading("AP by object size and per class")
-    doc.text(
-        "Small < 32x32 pixels < medium < 96x96 pixels < large (COCO's areas); AP is the mean "
-        "over IoU 0.50:0.95, n/a where there is no object of that size or class."
-    )
-    doc.image("ap_by_size.png", "AP by object size")
-    doc.image("ap_per_class.png", "AP per class")
-    doc.table(
-        ["class", "AP", "AP50", "AP75"],
-        [[n, _pct(v["AP"]), _pct(v["AP50"]), _pct(v["AP75"])] for n, v in aps["per_class"].items()],
-    )
-
-    # Galleries.
-    per_image = image_errors(data, score_thresh)
-    galleries: Dict[str, List[Dict[str, Any]]] = {}
-    doc.heading("The images with the most errors")
-    doc.text(
-        "Detections are drawn green when right and red when wrong (class and score), objects "
-        "dashed white when found and dashed yellow when missed."
-    )
-    for key, file, what in (
-        ("false_positives", "gallery_false_positives.png", "false positives"),
-        ("missed", "gallery_missed.png", "missed objects"),
-    ):
-        worst = worst_images(per_image, key, gallery_size)
-        galleries[key] = [e.__dict__ for e in worst]
-        rows = [
-            [data.image_file(e.image_id), e.image_id, e.false_positives, e.missed] for e in worst
-        ]
-        if not worst:
-            doc.text(f"No image has {what} at score >= {score_thresh:.3f}.")
-            continue
-        doc.text(f"Most {what} (score >= {score_thresh:.3f}, IoU 0.5), in the order of the table.")
-        if image_path is None:
-            drawn, problems = None, ["no image folder given"]
-        else:
-            drawn, problems = draw_gallery(data, worst, score_thresh, out(file), image_path)
-        if drawn:
-            doc.image(file, f"images with the most {what}")
-        for p in problems[:5]:
-            doc.text(f"Not drawn: {p}")
-        doc.table(["file", "image id", "false positives", "missed"], rows)
-
-    doc.heading("Files")
-    doc.text("report.json holds these numbers; the PNGs are next to this file.")
     summary = {
         "images": n_img,
         "objects": n_gt,
@@ -284,21 +311,22 @@ def write_report(
         "ap": aps,
         "best_f1": {n: b.__dict__ for n, b in best.items()},
         "score_thresh": score_thresh,
-        "confusion_matrix": {
-            "labels": names,
-            "counts": cm.tolist(),
-            "row_normalised": normalize_rows(cm).tolist(),
-        },
-        "errors": {"ap50": errors.ap50, "counts": errors.counts, "dap": errors.dap},
-        "galleries": galleries,
+        "confusion_matrix": _confusion_section(data, doc, output_dir, score_thresh, how),
+        "errors": _errors_section(data, doc, output_dir),
     }
-    with open(out("report.json"), "w", encoding="utf-8") as f:
+    _ap_section(aps, doc, output_dir)
+    summary["galleries"] = _gallery_section(
+        data, doc, output_dir, score_thresh, image_path, gallery_size
+    )
+    doc.heading("Files")
+    doc.text("report.json holds these numbers; the PNGs are next to this file.")
+    with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as f:
         json.dump(json_safe(summary), f, indent=2)
-    with open(out("report.md"), "w", encoding="utf-8") as f:
+    with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as f:
         f.write(doc.markdown())
-    with open(out("report.html"), "w", encoding="utf-8") as f:
+    with open(os.path.join(output_dir, "report.html"), "w", encoding="utf-8") as f:
         f.write(doc.html(output_dir))
-    logger.info("wrote the evaluation report to %s", out("report.md"))
+    logger.info("wrote the evaluation report to %s", os.path.join(output_dir, "report.md"))
     return summary
 
 
