@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from tool_loader import load_tool
 
 from resdet.data.shapes import generate_shapes
 
@@ -78,8 +79,6 @@ def test_report_after_training_and_from_eval_det(tmp_path) -> None:
 
 
 def test_eval_det_report_flags_become_config_overrides() -> None:
-    from tool_loader import load_tool
-
     tool = load_tool("eval_det")
     base = ["--config", "c.yaml", "--weights", "w.pth", "OUTPUT_DIR", "out"]
     assert tool.report_overrides(base) == base
