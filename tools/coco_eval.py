@@ -1,9 +1,12 @@
 """Score a COCO results json against a COCO ground-truth json with pycocotools.
 
     python tools/coco_eval.py --gt instances_val2017.json --dt coco_results.json [--output DIR]
+    python tools/coco_eval.py --gt G.json --dt D.json --report DIR [--image-root IMAGES]
 
 Prints the summary APs and per-class APs (in percent); with ``--output`` also writes
-``coco_metrics.json`` (fractions in [0, 1]) and ``coco_per_class.md`` there.
+``coco_metrics.json`` (fractions in [0, 1]) and ``coco_per_class.md`` there. ``--report DIR``
+writes the evaluation report (report.md, report.html, report.json and PNGs; galleries drawn
+when ``--image-root`` holds the gt's file names).
 """
 
 from __future__ import annotations
@@ -28,6 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dt", required=True, help="COCO results json (list of detections)")
     parser.add_argument("--output", default=None, help="directory for metrics json + table")
     parser.add_argument("--verbose", action="store_true", help="show pycocotools' log")
+    parser.add_argument("--report", default=None, metavar="DIR", help="write the report here")
+    parser.add_argument("--image-root", default=None, help="image folder, for report galleries")
+    parser.add_argument(
+        "--score-thresh",
+        type=float,
+        default=None,
+        help="report: score threshold of the confusion matrix and galleries (default: best F1)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -35,10 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         metrics = evaluate_coco_files(args.gt, args.dt, args.output)
+        if args.report:
+            # Imported only when asked: it brings torch, which plain scoring does without.
+            from resdet.evaluation.report_writer import report_from_files
+
+            report_from_files(args.gt, args.dt, args.report, args.image_root, args.score_thresh)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_coco_metrics(metrics), end="")
+    if args.report:
+        print(f"report: {os.path.join(args.report, 'report.md')}")
     return 0
 
 

@@ -224,6 +224,14 @@ class TestConfig:
     # (resdet.layers.fuse; outputs within ~1e-5 relative) on CPUs where that is faster than
     # oneDNN: AVX2-only ones (R50-FPN at 800x1333 1.4x faster); AVX-512 CPUs keep oneDNN's.
     WINOGRAD: bool = True
+    # Detection: write the evaluation report (resdet.evaluation.report_writer: PR and F1
+    # curves, confusion matrix, TIDE errors, galleries) after the final evaluation, from
+    # the COCO evaluator's coco_results.json, into REPORT_DIR (default OUTPUT_DIR/report).
+    REPORT: bool = False
+    REPORT_DIR: str = ""
+    # Score threshold of the report's confusion matrix and galleries; < 0: the threshold
+    # that maximises F1 over all classes.
+    REPORT_SCORE_THRESH: float = -1.0
 
 
 @dataclass

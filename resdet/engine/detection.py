@@ -242,6 +242,31 @@ def evaluate_detector(
     return all_gather_object(results)[0]
 
 
+def write_reports(
+    cfg: Config, test_sets: List[Tuple[str, List[DetectionRecord], DatasetMeta]], output_dir: str
+) -> None:
+    """``TEST.REPORT``: the evaluation report of each test set (rank 0), built from the
+    ``coco_results.json`` its last evaluation wrote (:mod:`resdet.evaluation.report_writer`)."""
+    if not cfg.TEST.REPORT or not is_main_process():
+        return
+    from resdet.evaluation.report_writer import report_for_dataset  # matplotlib only if asked
+
+    base = cfg.TEST.REPORT_DIR or os.path.join(output_dir, "report")
+    for name, records, meta in test_sets:
+        sub = output_dir if len(test_sets) == 1 else os.path.join(output_dir, name)
+        if "coco" not in (cfg.TEST.EVALUATORS or [meta.evaluator]):
+            logger.warning(
+                "TEST.REPORT: %s is not scored by the coco evaluator, which the report is "
+                "built from; add it: TEST.EVALUATORS [coco, voc]",
+                name,
+            )
+            continue
+        target = base if len(test_sets) == 1 else os.path.join(base, name)
+        results = os.path.join(sub, "coco_results.json")
+        report_for_dataset(records, meta, results, target, cfg.TEST.REPORT_SCORE_THRESH)
+        logger.info("evaluation report of %s: %s", name, os.path.join(target, "report.md"))
+
+
 # Keys whose value the weights were trained with and the detector must use too: the tensors
 # have the same shapes either way, so a mismatch would train silently wrong. The last group
 # only exists in a whole detector (MODEL.WEIGHTS), e.g. one converted from torchvision.
@@ -392,6 +417,7 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
         if is_main_process():
             with open(os.path.join(out, "eval_results.json"), "w", encoding="utf-8") as f:
                 json.dump({"weights": source, **results}, f, indent=2)
+        write_reports(cfg, test_sets, out)
         return results
 
     train_records, train_meta = load_detection_data(cfg.DATASETS.TRAIN, cfg, train=True)
@@ -481,4 +507,5 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
         hook_state=hook_state,
     )
     barrier()
+    write_reports(cfg, test_sets, out)
     return state.metrics

@@ -204,6 +204,14 @@ def _coco_from_dict(data: Dict[str, Any], source: str) -> COCO:
     return coco
 
 
+def load_coco_gt(records: Sequence[DetectionRecord], meta: DatasetMeta) -> COCO:
+    """The ground truth a dataset is scored on: ``meta.json_file`` when it exists (crowd
+    regions included), otherwise :func:`records_to_coco_gt`."""
+    if meta.json_file and os.path.isfile(meta.json_file):
+        return read_coco_gt(meta.json_file)
+    return _coco_from_dict(records_to_coco_gt(records, meta), meta.name)
+
+
 def _nan_if_undefined(x: float) -> float:
     # pycocotools marks "no ground truth" with -1.
     return float("nan") if x < 0 else float(x)
@@ -244,6 +252,63 @@ def format_per_class(per_class: Dict[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_coco_results(coco_gt: COCO, results: List[Dict[str, Any]]) -> COCO:
+    """Index a COCO results list against ``coco_gt`` (``loadRes``), quietly; may be empty.
+
+    Raises:
+        DatasetError: a result refers to an image id that is not in the ground truth.
+    """
+    unknown = sorted({r["image_id"] for r in results} - set(coco_gt.getImgIds()))
+    if unknown:
+        raise DatasetError(
+            f"detections refer to {len(unknown)} image ids absent from the ground truth, "
+            f"e.g. {unknown[:5]}; were they made on a different dataset split?"
+        )
+    with contextlib.redirect_stdout(io.StringIO()):
+        if results:
+            # loadRes adds fields to the dicts it gets; keep the caller's list untouched.
+            return coco_gt.loadRes(copy.deepcopy(results))
+        # loadRes crashes on an empty list (it reads anns[0]); an empty result set with the
+        # gt's images evaluates to AP 0 for every category that has ground truth.
+        coco_dt = COCO()
+        coco_dt.dataset = {
+            "images": list(coco_gt.dataset["images"]),
+            "categories": copy.deepcopy(coco_gt.dataset["categories"]),
+            "annotations": [],
+        }
+        coco_dt.createIndex()
+    return coco_dt
+
+
+def evaluate_bbox(
+    coco_gt: COCO, results: List[Dict[str, Any]], img_ids: Sequence[int] | None = None
+) -> COCOeval:
+    """pycocotools' bbox ``COCOeval`` with ``evaluate()`` and ``accumulate()`` done.
+
+    Default parameters (IoU 0.50:0.05:0.95, areas all/small/medium/large, 1/10/100
+    detections); ``img_ids`` restricts the images (default: every gt image). Its ``eval`` and
+    ``evalImgs`` are what :func:`run_coco_eval` and the evaluation report read.
+
+    Raises:
+        DatasetError: a result (or an entry of ``img_ids``) refers to an image id that is not
+            in the ground truth.
+    """
+    unknown = sorted(set(img_ids or ()) - set(coco_gt.getImgIds()))
+    if unknown:
+        raise DatasetError(
+            f"processed images refer to {len(unknown)} image ids absent from the ground "
+            f"truth, e.g. {unknown[:5]}; were they made on a different dataset split?"
+        )
+    coco_dt = load_coco_results(coco_gt, results)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        if img_ids is not None:
+            coco_eval.params.imgIds = sorted(set(int(i) for i in img_ids))
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+    return coco_eval
+
+
 def run_coco_eval(
     coco_gt: COCO,
     results: List[Dict[str, Any]],
@@ -269,35 +334,9 @@ def run_coco_eval(
         DatasetError: a result (or an entry of ``img_ids``) refers to an image id that is not
             in the ground truth.
     """
-    gt_img_ids = set(coco_gt.getImgIds())
-    unknown = sorted({r["image_id"] for r in results} - gt_img_ids)
-    unknown += sorted(set(img_ids or ()) - gt_img_ids - set(unknown))
-    if unknown:
-        raise DatasetError(
-            f"detections (or processed images) refer to {len(unknown)} image ids absent from "
-            "the ground truth, "
-            f"e.g. {unknown[:5]}; were they made on a different dataset split?"
-        )
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        if results:
-            # loadRes adds fields to the dicts it gets; keep the caller's list untouched.
-            coco_dt = coco_gt.loadRes(copy.deepcopy(results))
-        else:
-            # loadRes crashes on an empty list (it reads anns[0]); an empty result set with the
-            # gt's images evaluates to AP 0 for every category that has ground truth.
-            coco_dt = COCO()
-            coco_dt.dataset = {
-                "images": list(coco_gt.dataset["images"]),
-                "categories": copy.deepcopy(coco_gt.dataset["categories"]),
-                "annotations": [],
-            }
-            coco_dt.createIndex()
-        coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        if img_ids is not None:
-            coco_eval.params.imgIds = sorted(set(int(i) for i in img_ids))
-        coco_eval.evaluate()
-        coco_eval.accumulate()
+        coco_eval = evaluate_bbox(coco_gt, results, img_ids)
         coco_eval.summarize()
     logger.info("pycocotools output:\n%s", out.getvalue().rstrip())
 
@@ -364,9 +403,7 @@ class COCOEvaluator:
             self._per_image.append((int(to_numpy(det["image_id"])), results))
 
     def _load_gt(self) -> COCO:
-        if self.meta.json_file and os.path.isfile(self.meta.json_file):
-            return _coco_from_dict(_read_json(self.meta.json_file, "COCO gt"), self.meta.json_file)
-        return _coco_from_dict(records_to_coco_gt(self.records, self.meta), self.meta.name)
+        return load_coco_gt(self.records, self.meta)
 
     def evaluate(self) -> Dict[str, Any]:
         """Score everything processed so far; see :func:`run_coco_eval` for the returned dict.
@@ -403,6 +440,33 @@ class COCOEvaluator:
         return run_coco_eval(coco_gt, results, img_ids, class_names, self.output_dir)
 
 
+def read_coco_gt(gt_json: str) -> COCO:
+    """Read and index a COCO ground-truth json (``iscrowd`` and ``area`` filled in if absent).
+
+    Raises:
+        DatasetError: the file is missing, not JSON, or lacks images/annotations/categories.
+    """
+    return _coco_from_dict(_read_json(gt_json, "COCO gt"), gt_json)
+
+
+def read_coco_results(dt_json: str) -> List[Dict[str, Any]]:
+    """Read a COCO results json: a list of ``{"image_id", "category_id", "bbox", "score"}``.
+
+    Raises:
+        DatasetError: the file is missing or malformed; the message names the entry.
+    """
+    results = _read_json(dt_json, "COCO results")
+    if not isinstance(results, list):
+        raise DatasetError(f"{dt_json}: COCO results must be a JSON list of detections")
+    for i, r in enumerate(results):
+        if not isinstance(r, dict):
+            raise DatasetError(f"{dt_json}: results[{i}] must be an object, got {r!r}")
+        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in r]
+        if missing:
+            raise DatasetError(f"{dt_json}: results[{i}] is missing {missing}")
+    return results
+
+
 def evaluate_coco_files(
     gt_json: str, dt_json: str, output_dir: str | None = None
 ) -> Dict[str, Any]:
@@ -413,14 +477,4 @@ def evaluate_coco_files(
     Raises:
         DatasetError: a missing or malformed file, or results for images not in the gt.
     """
-    coco_gt = _coco_from_dict(_read_json(gt_json, "COCO gt"), gt_json)
-    results = _read_json(dt_json, "COCO results")
-    if not isinstance(results, list):
-        raise DatasetError(f"{dt_json}: COCO results must be a JSON list of detections")
-    for i, r in enumerate(results):
-        if not isinstance(r, dict):
-            raise DatasetError(f"{dt_json}: results[{i}] must be an object, got {r!r}")
-        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in r]
-        if missing:
-            raise DatasetError(f"{dt_json}: results[{i}] is missing {missing}")
-    return run_coco_eval(coco_gt, results, None, None, output_dir)
+    return run_coco_eval(read_coco_gt(gt_json), read_coco_results(dt_json), None, None, output_dir)
