@@ -7,6 +7,7 @@ import pytest
 import torch
 import torchvision
 
+from resdet import Predictor
 from resdet.config.load import config_from_dict
 from resdet.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from resdet.engine.detection import inference_model
@@ -111,7 +112,16 @@ def test_torchvision_coco80_names_and_ids(tv_model_and_file, tmp_path):
     assert cfg.DATASETS.TEST == ["coco_2017_val"]
     model = build_detector(cfg).eval()
     load_model_weights(model, ckpt, strict=True)
-    _assert_same(_resdet_detections(model), _tv_detections(tv), ids)
+    theirs = _tv_detections(tv)
+    _assert_same(_resdet_detections(model), theirs, ids)
+
+    # The Predictor (and tools/infer.py) run the converted file as it is, with COCO's names.
+    test_size = ["INPUT.MIN_SIZE_TEST", str(SIZE[0]), "INPUT.MAX_SIZE_TEST", str(SIZE[1])]
+    predictor = Predictor(None, dst, device="cpu", overrides=test_size)
+    dets = predictor(_image().permute(1, 2, 0).numpy())
+    table = dict(zip(ids, names))
+    top = [table[int(i)] for i in theirs["labels"][:5]]
+    assert dets.names()[:5] == top and "N/A" not in dets.names()
 
 
 def test_torchvision_v2_is_refused(tmp_path):
