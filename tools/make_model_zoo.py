@@ -92,6 +92,30 @@ DETECTION = (
 )  # fmt: skip
 
 
+# Whole detectors `tools/convert_weights.py` converts (file as their model zoos name it).
+CONVERTIBLE = (
+    ["source detector", "file", "resdet layout", "COCO 2017 val box AP", "source"],
+    [
+        ["torchvision `fasterrcnn_resnet50_fpn` (`COCO_V1`)",
+         "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth", "R50-FPN", "37.0", TV],
+        ["detectron2 COCO-Detection `faster_rcnn_R_50_C4_1x`", "model_final_721ade.pkl",
+         "R50-C4", "35.7", D2],
+        ["detectron2 COCO-Detection `faster_rcnn_R_50_FPN_1x`", "model_final_b275ba.pkl",
+         "R50-FPN", "37.9", D2],
+        ["detectron2 COCO-Detection `faster_rcnn_R_50_C4_3x`", "model_final_f97cb7.pkl",
+         "R50-C4", "38.4", D2],
+        ["detectron2 COCO-Detection `faster_rcnn_R_50_FPN_3x`", "model_final_280758.pkl",
+         "R50-FPN", "40.2", D2],
+        ["detectron2 COCO-Detection `faster_rcnn_R_101_C4_3x`", "model_final_298dad.pkl",
+         "R101-C4", "41.1", D2],
+        ["detectron2 COCO-Detection `faster_rcnn_R_101_FPN_3x`", "model_final_f6e8b1.pkl",
+         "R101-FPN", "42.0", D2],
+        ["detectron2 PascalVOC-Detection `faster_rcnn_R_50_C4`", "model_final_b1acc2.pkl",
+         "R50-C4, 20 VOC classes", "VOC 07 test: AP 51.9, AP50 80.3", D2],
+    ],
+)  # fmt: skip
+
+
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
@@ -126,6 +150,18 @@ def published() -> list[str]:
         "The paper's detectors (Tables 7, 8) used RoI pooling, VGG-era Faster R-CNN training and,",
         "on COCO, the 2015 80k train / 40k val split; resdet's configs use RoIAlign and the 2017",
         "split by default, so those figures are a reference point, not an expected result.",
+        "",
+        "### Detectors trained elsewhere that convert",
+        "",
+        "`python tools/convert_weights.py <file> weights/<name>.pth` turns these into resdet",
+        "detectors that give the source's detections (README, *Fine-tune a COCO detector on your",
+        "own data*). Their accuracy is **published by their authors, not measured here** (this",
+        "project has no COCO or VOC copy); the conversion itself is tested against torchvision's",
+        "and detectron2's own models built with random weights. torchvision's",
+        "`fasterrcnn_resnet50_fpn_v2` does not convert: its FPN and box head carry BN layers and",
+        "convolutions resdet's config cannot describe.",
+        "",
+        *table(*CONVERTIBLE),
     ]
 
 
