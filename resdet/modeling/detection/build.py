@@ -143,7 +143,18 @@ def _roi_heads(cfg: Config, backbone: Backbone) -> ROIHeads:
 
 
 def build_detector(cfg: Config) -> FasterRCNN:
-    """Faster R-CNN as the config describes it (random init; weights are loaded separately)."""
+    """Faster R-CNN as the config describes it (random init; weights are loaded separately).
+
+    Raises:
+        ValueError: ``MODEL.ROI_HEADS.NUM_CLASSES`` below 1 (0 means "from the data", which the
+            tools resolve before building; code building a model directly must give a count).
+    """
+    if cfg.MODEL.ROI_HEADS.NUM_CLASSES < 1:
+        raise ValueError(
+            f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES}: a detector needs "
+            "at least one class (0, 'take it from the data', is resolved by the tools from "
+            "DATASETS.TRAIN; set the count when building a model directly)"
+        )
     backbone = BACKBONES.get(cfg.MODEL.BACKBONE.NAME)(cfg)
     model = FasterRCNN(
         backbone,

@@ -275,3 +275,12 @@ def test_overfit_four_images_reaches_high_ap() -> None:
     evaluator.process([{**d, "image_id": i} for i, d in enumerate(dets)])
     metrics = evaluator.evaluate()
     assert metrics["AP50"] > 0.7, metrics
+
+
+def test_zero_classes_is_refused_when_building():
+    from resdet.config.load import load_config
+    from resdet.modeling.detection.build import build_detector
+
+    cfg = load_config("configs/shapes_r18_fpn.yaml", ["MODEL.ROI_HEADS.NUM_CLASSES", "0"])
+    with pytest.raises(ValueError, match="NUM_CLASSES is 0.*resolved by the tools"):
+        build_detector(cfg)
