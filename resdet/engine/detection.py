@@ -207,6 +207,16 @@ def inference_model(model: nn.Module, cfg: Config) -> nn.Module:
     return inference_copy(model, fuse=on_cpu, winograd=winograd)
 
 
+def evaluator_names(cfg: Config, meta: DatasetMeta) -> List[str]:
+    """The evaluators a test set runs: ``TEST.EVALUATORS`` or the dataset's own, plus ``coco``
+    when ``TEST.REPORT`` asks for a report (it is built from the COCO evaluation's results;
+    the COCO evaluator scores any dataset, VOC folders and YOLO sets included)."""
+    kinds = list(cfg.TEST.EVALUATORS or [meta.evaluator])
+    if cfg.TEST.REPORT and "coco" not in kinds:
+        kinds.append("coco")
+    return kinds
+
+
 def evaluate_detector(
     model: nn.Module,
     cfg: Config,
@@ -224,7 +234,7 @@ def evaluate_detector(
     results: Dict[str, float] = {}
     for name, records, meta in test_sets:
         dets = run_inference(model, build_test_loader(cfg, records), amp_ctx, f"eval {name}")
-        kinds = cfg.TEST.EVALUATORS or [meta.evaluator]
+        kinds = evaluator_names(cfg, meta)
         for kind in kinds:
             if kind not in EVALUATORS:
                 raise ConfigError(
@@ -254,13 +264,6 @@ def write_reports(
     base = cfg.TEST.REPORT_DIR or os.path.join(output_dir, "report")
     for name, records, meta in test_sets:
         sub = output_dir if len(test_sets) == 1 else os.path.join(output_dir, name)
-        if "coco" not in (cfg.TEST.EVALUATORS or [meta.evaluator]):
-            logger.warning(
-                "TEST.REPORT: %s is not scored by the coco evaluator, which the report is "
-                "built from; add it: TEST.EVALUATORS [coco, voc]",
-                name,
-            )
-            continue
         target = base if len(test_sets) == 1 else os.path.join(base, name)
         results = os.path.join(sub, "coco_results.json")
         report_for_dataset(records, meta, results, target, cfg.TEST.REPORT_SCORE_THRESH)
