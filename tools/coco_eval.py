@@ -18,26 +18,31 @@ try:
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resdet.data.records import DatasetError
 from resdet.evaluation.coco import evaluate_coco_files, format_coco_metrics
+from resdet.utils.cli import tool_entry
 
 
+@tool_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gt", required=True, help="COCO ground-truth json")
     parser.add_argument("--dt", required=True, help="COCO results json (list of detections)")
     parser.add_argument("--output", default=None, help="directory for metrics json + table")
     parser.add_argument("--verbose", action="store_true", help="show pycocotools' log")
+    parser.add_argument(
+        "--allow-unknown-categories",
+        action="store_true",
+        help="results whose category_id is not in the ground truth: a warning with their "
+        "count (they are left out of the score) instead of an error",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    try:
-        metrics = evaluate_coco_files(args.gt, args.dt, args.output)
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    metrics = evaluate_coco_files(
+        args.gt, args.dt, args.output, allow_unknown_categories=args.allow_unknown_categories
+    )
     print(format_coco_metrics(metrics), end="")
     return 0
 

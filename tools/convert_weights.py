@@ -23,8 +23,8 @@ try:
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resdet.export.convert import ConversionError, convert_weights
-from resdet.utils.safe_pickle import UnsafePickleError
+from resdet.export.convert import convert_weights
+from resdet.utils.cli import tool_entry
 
 
 def _overrides(cfg, dst: str) -> str:
@@ -39,6 +39,7 @@ def _overrides(cfg, dst: str) -> str:
     return " ".join(f"{k} {v}" for k, v in pairs)
 
 
+@tool_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -53,11 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg, fmt = convert_weights(args.source, args.output, to_rgb=args.rgb)
-    except (ConversionError, UnsafePickleError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg, fmt = convert_weights(args.source, args.output, to_rgb=args.rgb)
     b = cfg.MODEL.BACKBONE
     print(
         f"{args.source} ({fmt}) -> {args.output}: ResNet-{b.DEPTH}, "

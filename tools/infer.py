@@ -27,6 +27,8 @@ try:
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from resdet.utils.cli import tool_entry
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -49,6 +51,7 @@ def output_path(image_path: str, root: str, output_dir: str) -> str:
     return os.path.join(output_dir, stem + (ext if ext.lower() in (".jpg", ".jpeg") else ".png"))
 
 
+@tool_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -60,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-thresh", type=float, default=0.5, help="keep scores above this")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--no-pictures", action="store_true", help="write only detections.json")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--max-image-pixels", type=int, default=None,
+        help="refuse images declaring more pixels (default: INPUT.MAX_IMAGE_PIXELS; 0: no limit)",
+    )  # fmt: skip
+    parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
+    args = parser.parse_intermixed_args(argv)
     if not 0.0 <= args.score_thresh < 1.0:
         parser.error(f"--score-thresh must be in [0, 1), got {args.score_thresh}")
 
@@ -69,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from resdet.config import ConfigError
+    from resdet.data.image_io import set_max_image_pixels
     from resdet.data.records import DatasetError
     from resdet.predictor import Predictor, to_rgb_uint8
     from resdet.utils.visualization import draw_detections, save_image
@@ -83,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    limit = args.max_image_pixels
+    set_max_image_pixels(predictor.cfg.INPUT.MAX_IMAGE_PIXELS if limit is None else limit)
 
     os.makedirs(args.output, exist_ok=True)
     results, failed, num_dets = [], [], 0

@@ -21,9 +21,11 @@ import contextlib
 import datetime
 import logging
 import os
+import pickle
 import random
 import re
 import tempfile
+import zipfile
 from collections import defaultdict
 from typing import IO, Any, Callable, Dict, List, Mapping, Sequence, Union
 
@@ -35,10 +37,12 @@ from torch.nn.modules.module import _IncompatibleKeys
 from resdet.config.load import ConfigError, config_to_dict
 from resdet.config.schema import Config
 from resdet.engine.dist import all_gather_object, get_rank, get_world_size, is_main_process
+from resdet.utils.output import output_error
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CheckpointError",
     "Checkpointer",
     "atomic_write",
     "get_rng_state",
@@ -56,24 +60,68 @@ _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
 _STALE_TMP = re.compile(r"^\..+\.tmp$")
 
 
+class CheckpointError(RuntimeError, ValueError):
+    """A checkpoint cannot be used: truncated, not a checkpoint, refused by ``weights_only``,
+    or made for another architecture. The message names the file and the problem.
+
+    (A ``RuntimeError`` and a ``ValueError``, the two classes these failures raised before.)
+    """
+
+
+class _RecordingFile:
+    """A file object that remembers the ``OSError`` of a failed write: torch's serializer
+    turns it into ``RuntimeError("... unexpected pos ...")``, losing the reason."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(file)`` on a temp file next to ``path``, fsync it, rename it to ``path``."""
+    """Call ``write(file)`` on a temp file next to ``path``, fsync it, rename it to ``path``.
+
+    On any failure the temp file is removed and ``path`` keeps its previous content.
+
+    Raises:
+        OutputError: the folder cannot be created or written, or the device is full (the
+            message names ``path``: "no space left on device writing <path>").
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
+        )
+    except OSError as e:
+        raise output_error(e, path) from e
+    recorder: _RecordingFile | None = None
     try:
         with os.fdopen(fd, "wb") as f:
             # mkstemp creates 0600 files; give the final file the usual umask-based mode.
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(f.fileno(), 0o666 & ~umask)
-            write(f)
+            recorder = _RecordingFile(f)
+            write(recorder)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        cause = recorder.error if recorder is not None and recorder.error else e
+        if isinstance(cause, OSError):
+            raise output_error(cause, path) from e
         raise
     # Persist the rename itself (the directory entry), so a power cut cannot undo it.
     with contextlib.suppress(OSError):
@@ -94,16 +142,30 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
 
     Raises:
         FileNotFoundError: no such file.
-        RuntimeError: not a loadable checkpoint (the message names the file).
+        CheckpointError: not a loadable checkpoint (the message names the file and why).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message is a paragraph; keep the line naming what the pickle asked for.
+        lines = [line for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        what = lines[0].strip() if lines else str(e).splitlines()[0]
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: refused by torch.load(weights_only=True), the file "
+            f"asks to run code ({what}); nothing was run"
+        ) from e
     except Exception as e:
-        raise RuntimeError(f"cannot load checkpoint {path}: {e}") from e
+        # torch.save writes a zip; a file cut short has lost the zip's central directory.
+        kind = "corrupt" if zipfile.is_zipfile(path) else "truncated, or not a checkpoint"
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: not a complete torch.save file ({kind}; "
+            f"{type(e).__name__}: {reason})"
+        ) from e
     if not isinstance(ckpt, dict):
-        raise RuntimeError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     return ckpt
 
 
@@ -222,8 +284,8 @@ def load_model_weights(
         ``(missing_keys, unexpected_keys)`` relative to the target module.
 
     Raises:
-        ValueError: a tensor's shape differs from the model's (names the key and both shapes),
-            or ``strict`` and the keys differ.
+        CheckpointError: a tensor's shape differs from the model's (names the key and both
+            shapes), or ``strict`` and the keys differ, or the file cannot be loaded.
     """
     source = state_dict_or_path if isinstance(state_dict_or_path, str) else "state dict"
     sd: Any = state_dict_or_path
@@ -231,12 +293,27 @@ def load_model_weights(
         sd = load_checkpoint(sd)
     if isinstance(sd.get("model"), Mapping):
         sd = sd["model"]
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"{source}: expected a state dict, got {type(sd).__name__}")
     sd = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in sd.items()}
     sd = _strip_module_prefix(sd)
+    not_tensors = [str(k) for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(
+            f"{source}: not a state dict of tensors ({len(not_tensors)} entries are not tensors, "
+            f"e.g. {not_tensors[:3]})"
+        )
     target = unwrap_model(model)
     if prefix:
         target = target.get_submodule(prefix.rstrip("."))
     own = target.state_dict()
+    if sd and not any(k in own for k in sd):
+        where = f" (into '{prefix}')" if prefix else ""
+        raise CheckpointError(
+            f"{source}{where}: none of its {len(sd)} tensors has a name the model uses "
+            f"(e.g. '{next(iter(sd))}' vs the model's '{next(iter(own), '')}'): a checkpoint "
+            "of another architecture? (weights from other projects: tools/convert_weights.py)"
+        )
     mismatched = [
         f"'{k}': checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
         for k, v in sd.items()
@@ -245,13 +322,13 @@ def load_model_weights(
     if mismatched:
         where = f" (into '{prefix}')" if prefix else ""
         more = f" and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""
-        raise ValueError(
+        raise CheckpointError(
             f"{source}{where}: shape mismatch for {'; '.join(mismatched[:5])}{more}. "
             "Check MODEL.NUM_CLASSES / depth / architecture against the checkpoint's config."
         )
     result = target.load_state_dict(sd, strict=False)
     if strict and (result.missing_keys or result.unexpected_keys):
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: keys differ from the model; missing: "
             f"{_summarize_keys(result.missing_keys) or '-'}; unexpected: "
             f"{_summarize_keys(result.unexpected_keys) or '-'}"
@@ -377,7 +454,8 @@ class Checkpointer:
 
         Raises:
             FileNotFoundError: no checkpoint to resume from.
-            ValueError: the model's keys or shapes differ from the checkpoint's.
+            CheckpointError: the file cannot be loaded, or the model's keys or shapes differ
+                from the checkpoint's.
         """
         path = path or self.last_checkpoint()
         if path is None:

@@ -22,6 +22,7 @@ from resdet.data.catalog import get_dataset
 from resdet.data.coco import filter_empty
 from resdet.data.det_dataset import DetectionDataset
 from resdet.data.det_transforms import build_det_transforms
+from resdet.data.image_io import set_max_image_pixels
 from resdet.data.loader import build_detection_loader
 from resdet.data.records import DatasetMeta, DetectionRecord
 from resdet.engine.amp import autocast_factory, build_grad_scaler
@@ -62,6 +63,7 @@ from resdet.layers.winograd import (
 from resdet.modeling.detection.build import build_detector
 from resdet.modeling.detection.faster_rcnn import FasterRCNN
 from resdet.utils.logging import close_logging, setup_logging
+from resdet.utils.output import check_output_dir, estimate_checkpoint_bytes, require_free_space
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +269,9 @@ def run(
     Returns the last evaluation's metrics.
     """
     rank, _, _ = init_distributed()
+    set_max_image_pixels(cfg.INPUT.MAX_IMAGE_PIXELS)
     if is_main_process():
+        check_output_dir(cfg.OUTPUT_DIR)  # a file, read-only or full: say so before any work
         save_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
     setup_logging(cfg.OUTPUT_DIR, rank)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -338,6 +342,8 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer, cfg.SOLVER.MAX_ITER)
     scaler = build_grad_scaler(device.type, amp.ENABLED, amp.DTYPE)
+    if is_main_process():  # a disk that cannot hold one checkpoint fails now, not later
+        require_free_space(out, estimate_checkpoint_bytes(model, optimizer))
     start_iter = 0
     if resume and checkpointer.last_checkpoint():
         start_iter = int(checkpointer.resume(model, optimizer, scheduler, scaler)["iteration"])
