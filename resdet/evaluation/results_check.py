@@ -109,8 +109,7 @@ def check_coco_results(
     unknown = [i for i, r in enumerate(results) if int(r["category_id"]) not in category_ids]
     if not unknown:
         return list(results)
-    known = sorted(category_ids)
-    span = f"{known[0]}..{known[-1]}" if known else "none"
+    span = _short(sorted(category_ids))
     ids = sorted({int(results[i]["category_id"]) for i in unknown})
     if allow_unknown_categories:
         logger.warning(
