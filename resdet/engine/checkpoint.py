@@ -266,6 +266,7 @@ def load_model_weights(
     prefix: str = "",
     log: bool = True,
     strict: bool = False,
+    source: str = "",
 ) -> _IncompatibleKeys:
     """Load weights into ``model`` (or into its submodule named ``prefix``).
 
@@ -279,6 +280,8 @@ def load_model_weights(
             as unexpected keys).
         log: log missing / unexpected keys, grouped by module.
         strict: raise when any key is missing or unexpected (exact resume).
+        source: the file a given dict was loaded from, for messages (a path argument names
+            itself).
 
     Returns:
         ``(missing_keys, unexpected_keys)`` relative to the target module.
@@ -287,7 +290,9 @@ def load_model_weights(
         CheckpointError: a tensor's shape differs from the model's (names the key and both
             shapes), or ``strict`` and the keys differ, or the file cannot be loaded.
     """
-    source = state_dict_or_path if isinstance(state_dict_or_path, str) else "state dict"
+    if isinstance(state_dict_or_path, str):
+        source = state_dict_or_path
+    source = source or "state dict"
     sd: Any = state_dict_or_path
     if isinstance(sd, str):
         sd = load_checkpoint(sd)
@@ -461,7 +466,7 @@ class Checkpointer:
         if path is None:
             raise FileNotFoundError(f"no checkpoint to resume from in {self.output_dir}")
         ckpt = load_checkpoint(path)
-        load_model_weights(model, ckpt["model"], log=False, strict=True)
+        load_model_weights(model, ckpt["model"], log=False, strict=True, source=path)
         if optimizer is not None and ckpt.get("optimizer"):
             optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt.get("scheduler"):

@@ -254,7 +254,7 @@ def _load_initial_weights(model: FasterRCNN, cfg: Config, weights: str) -> None:
         checkpoint = load_checkpoint(path)
         for problem in input_convention_mismatches(checkpoint.get("config"), cfg):
             logger.warning("%s: %s", path, problem)
-        load_model_weights(model.resnet, checkpoint)
+        load_model_weights(model.resnet, checkpoint, source=path)
     else:
         logger.warning("no MODEL.WEIGHTS or MODEL.BACKBONE.PRETRAINED: training from scratch")
 
