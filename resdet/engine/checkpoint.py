@@ -314,10 +314,16 @@ def load_model_weights(
     own = target.state_dict()
     if sd and not any(k in own for k in sd):
         where = f" (into '{prefix}')" if prefix else ""
+        hint = (
+            "a classification checkpoint (ResNet keys 'conv1.*', 'layer1.*', ...): a detector "
+            "takes it as MODEL.BACKBONE.PRETRAINED"
+            if "conv1.weight" in sd and any(k.endswith(".conv1.weight") for k in own)
+            else "a checkpoint of another architecture? (weights from other projects: "
+            "tools/convert_weights.py)"
+        )
         raise CheckpointError(
             f"{source}{where}: none of its {len(sd)} tensors has a name the model uses "
-            f"(e.g. '{next(iter(sd))}' vs the model's '{next(iter(own), '')}'): a checkpoint "
-            "of another architecture? (weights from other projects: tools/convert_weights.py)"
+            f"(e.g. '{next(iter(sd))}' vs the model's '{next(iter(own), '')}'): {hint}"
         )
     mismatched = [
         f"'{k}': checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"

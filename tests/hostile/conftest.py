@@ -156,8 +156,8 @@ def bad_checkpoints(tmp_path_factory, det_weights, det_config) -> Dict[str, str]
     """
     root = tmp_path_factory.mktemp("bad_ckpt")
     data = open(det_weights, "rb").read()
-    paths = {k: str(root / f"{k}.pth") for k in
-             ("truncated", "runs_code", "not_a_checkpoint", "other_shapes", "other_names")}  # fmt: skip
+    kinds = ("truncated", "runs_code", "not_a_checkpoint", "other_shapes", "other_names")
+    paths = {k: str(root / f"{k}.pth") for k in kinds}
     with open(paths["truncated"], "wb") as f:
         f.write(data[: len(data) // 2])
     torch.save({"model": {"w": _RunsCode(str(root / "PWNED"))}}, paths["runs_code"])

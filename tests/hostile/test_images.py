@@ -64,7 +64,7 @@ def _image_folder_with_bombs(root, bombs) -> str:
     folder = root / "folder" / "cls"
     folder.mkdir(parents=True)
     cv2.imwrite(str(folder / "fine.png"), np.zeros((20, 20, 3), np.uint8))
-    for kind, path in bombs.items():
+    for path in bombs.values():
         shutil.copy(path, folder / os.path.basename(path))
     return str(root / "folder")
 
