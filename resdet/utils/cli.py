@@ -37,6 +37,7 @@ _OS_PROBLEMS = {
     errno.EPERM: "operation not permitted",
     errno.ENOTDIR: "a path component is a file, not a folder",
     errno.EISDIR: "is a folder, not a file",
+    errno.EEXIST: "already exists, and not as a folder",
     errno.ENOENT: "no such file or folder",
 }
 
