@@ -86,12 +86,25 @@ def write_jpeg_bomb(path: str, side: int = BOMB_SIDE) -> None:
         f.write(bytes(data))
 
 
+def write_bmp_bomb(path: str, side: int = BOMB_SIDE) -> None:
+    """A 4x4 BMP whose header (BITMAPINFOHEADER width, height) is patched to ``side``."""
+    ok, buf = cv2.imencode(".bmp", np.zeros((4, 4, 3), np.uint8))
+    data = bytearray(buf.tobytes())
+    assert ok and data[:2] == b"BM"
+    data[18:26] = struct.pack("<ii", side, side)
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+
+
 @pytest.fixture(scope="session")
 def bombs(tmp_path_factory) -> Dict[str, str]:
+    """kind -> path: a real PNG bomb, patched JPEG and BMP headers."""
     root = tmp_path_factory.mktemp("bombs")
-    paths = {"png": str(root / "bomb.png"), "jpeg": str(root / "bomb.jpg")}
+    paths = {"png": str(root / "bomb.png"), "jpeg": str(root / "bomb.jpg"),
+             "bmp": str(root / "bomb.bmp")}  # fmt: skip
     write_png_bomb(paths["png"])
     write_jpeg_bomb(paths["jpeg"])
+    write_bmp_bomb(paths["bmp"])
     return paths
 
 

@@ -30,9 +30,11 @@ def _restore_limit():
     set_max_image_pixels(before)
 
 
-@pytest.mark.parametrize("kind", ["png", "jpeg"])
-def test_bomb_refused_before_decoding(bombs, kind) -> None:
-    path = bombs[kind]
+@pytest.mark.parametrize("kind", ["png", "jpeg", "bmp", "png named .jpg"])
+def test_bomb_refused_before_decoding(bombs, kind, tmp_path) -> None:
+    path = bombs[kind] if kind in bombs else str(tmp_path / "photo.jpg")
+    if kind == "png named .jpg":  # the header decides, not the file name
+        shutil.copy(bombs["png"], path)
     assert os.path.getsize(path) < 1_000_000  # small on disk...
     with open(path, "rb") as f:
         assert declared_size(f.read()) == (BOMB_SIDE, BOMB_SIDE)  # ...huge in its header
@@ -77,11 +79,11 @@ def test_check_dataset_reports_bombs(tmp_path, bombs, capsys) -> None:
     out = json.loads(report.read_text())[0]
     assert rc == 1
     bad = {os.path.basename(p["source"]): p["message"] for p in out["image_problems"]}
-    assert set(bad) == {"bomb.png", "bomb.jpg"}
+    assert set(bad) == {"bomb.png", "bomb.jpg", "bomb.bmp"}
     assert all(f"{BOMB_SIDE}x{BOMB_SIDE}" in m and "decompression bomb" in m for m in bad.values())
-    # --max-image-pixels: the same folder passes with the check off, fails with a tiny limit.
+    # --max-image-pixels 100: the genuine 20x20 image is over the limit as well.
     rc, _ = run_tool("check_dataset", [*tool, "--max-image-pixels", "100"], capsys)
-    assert rc == 1 and len(json.loads(report.read_text())[0]["image_problems"]) == 3
+    assert rc == 1 and len(json.loads(report.read_text())[0]["image_problems"]) == 4
 
 
 def test_check_dataset_coco_bomb(tmp_path, bombs, capsys) -> None:
@@ -115,7 +117,7 @@ def test_infer_skips_bombs(tmp_path, bombs, det_weights, capsys) -> None:
     rc, err = run_tool("infer", [*argv, "--device", "cpu"], capsys)
     assert rc == 1 and "Traceback" not in err
     assert (out / "fine.png").is_file() and not (out / "bomb.png").exists()
-    for name in ("bomb.png", "bomb.jpg"):
+    for name in ("bomb.png", "bomb.jpg", "bomb.bmp"):
         assert f"{name}: image declares {BOMB_SIDE}x{BOMB_SIDE}" in err
 
 
