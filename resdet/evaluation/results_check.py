@@ -105,7 +105,7 @@ def check_coco_results(
         if problem:
             problems.append(f"results[{i}] {problem}")
     if problems:
-        _raise(source, problems, "bad entries")
+        _raise(source, problems, "bad entry" if len(problems) == 1 else "bad entries")
     unknown = [i for i, r in enumerate(results) if int(r["category_id"]) not in category_ids]
     if not unknown:
         return list(results)
