@@ -9,6 +9,7 @@ detector config that trains two iterations in about a second.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import zlib
@@ -24,6 +25,7 @@ from resdet.config import config_to_dict, load_config
 from resdet.data.shapes import generate_shapes
 from resdet.engine.checkpoint import save_checkpoint
 from resdet.modeling.detection.build import build_detector
+from resdet.utils.logging import close_logging
 
 BOMB_SIDE = 30000
 CONFIGS = os.path.join(REPO, "configs")
@@ -189,7 +191,12 @@ def run_tool(name: str, argv: List[str], capsys) -> Tuple[int, str]:
     """``tools/<name>.py`` in-process: (exit status, stderr). Exceptions propagate (a test
     that gets one has found a traceback where an error line belongs)."""
     capsys.readouterr()
-    rc = load_tool(name).main(argv)
+    level = logging.getLogger("resdet").level
+    try:
+        rc = load_tool(name).main(argv)
+    finally:  # tools configure logging for their process; give the test session its own back
+        close_logging()
+        logging.getLogger("resdet").setLevel(level)
     return rc, capsys.readouterr().err
 
 
