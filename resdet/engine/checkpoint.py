@@ -10,9 +10,12 @@ A checkpoint is one ``torch.save``'d dict::
 Everything inside is tensors, numbers, strings, lists and dicts, so :func:`load_checkpoint`
 uses ``torch.load(weights_only=True)`` and a downloaded checkpoint cannot run code.
 
-Files are written to a temporary name in the same directory, fsync'ed and renamed over the
-final name (``os.replace`` is atomic on POSIX): a crash mid-write leaves the previous
-checkpoint and the ``last_checkpoint`` pointer untouched, never a truncated ``.pth``.
+Files are written (:func:`resdet.utils.output.atomic_write`) to a temporary name in the same
+directory, fsync'ed and renamed over the final name (``os.replace`` is atomic on POSIX): a
+crash mid-write leaves the previous checkpoint and the ``last_checkpoint`` pointer untouched,
+never a truncated ``.pth``. A full disk or a read-only folder is an ``OutputError`` naming the
+file, with the same guarantee. A file that cannot be loaded or does not fit the model is a
+:class:`CheckpointError` naming the file and the reason.
 """
 
 from __future__ import annotations
@@ -24,10 +27,9 @@ import os
 import pickle
 import random
 import re
-import tempfile
 import zipfile
 from collections import defaultdict
-from typing import IO, Any, Callable, Dict, List, Mapping, Sequence, Union
+from typing import Any, Dict, List, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -37,7 +39,7 @@ from torch.nn.modules.module import _IncompatibleKeys
 from resdet.config.load import ConfigError, config_to_dict
 from resdet.config.schema import Config
 from resdet.engine.dist import all_gather_object, get_rank, get_world_size, is_main_process
-from resdet.utils.output import output_error
+from resdet.utils.output import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -66,70 +68,6 @@ class CheckpointError(RuntimeError, ValueError):
 
     (A ``RuntimeError`` and a ``ValueError``, the two classes these failures raised before.)
     """
-
-
-class _RecordingFile:
-    """A file object that remembers the ``OSError`` of a failed write: torch's serializer
-    turns it into ``RuntimeError("... unexpected pos ...")``, losing the reason."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self._f = f
-        self.error: OSError | None = None
-
-    def write(self, data: Any) -> int:
-        try:
-            return self._f.write(data)
-        except OSError as e:
-            self.error = e
-            raise
-
-    def flush(self) -> None:
-        self._f.flush()
-
-
-def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(file)`` on a temp file next to ``path``, fsync it, rename it to ``path``.
-
-    On any failure the temp file is removed and ``path`` keeps its previous content.
-
-    Raises:
-        OutputError: the folder cannot be created or written, or the device is full (the
-            message names ``path``: "no space left on device writing <path>").
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-        )
-    except OSError as e:
-        raise output_error(e, path) from e
-    recorder: _RecordingFile | None = None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # mkstemp creates 0600 files; give the final file the usual umask-based mode.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(f.fileno(), 0o666 & ~umask)
-            recorder = _RecordingFile(f)
-            write(recorder)  # type: ignore[arg-type]
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        cause = recorder.error if recorder is not None and recorder.error else e
-        if isinstance(cause, OSError):
-            raise output_error(cause, path) from e
-        raise
-    # Persist the rename itself (the directory entry), so a power cut cannot undo it.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def save_checkpoint(path: str, state: Mapping[str, Any]) -> None:

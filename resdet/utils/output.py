@@ -3,7 +3,8 @@
 A run that cannot write its checkpoints should say so before training starts, not hours
 later from inside torch's serializer ("unexpected pos ..."). :func:`check_output_dir` makes
 sure ``OUTPUT_DIR`` is a folder that can be written (creating it), :func:`require_free_space`
-compares the free space with the size of one checkpoint, and :func:`output_error` turns the
+compares the free space with the size of one checkpoint, :func:`atomic_write` writes a file
+whole or not at all (checkpoints, ``last_checkpoint``), and :func:`output_error` turns the
 ``OSError`` of a failed write into an :class:`OutputError` whose message says what happened:
 
 - ``no space left on device writing <path>``
@@ -18,10 +19,11 @@ import errno
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from typing import IO, Any, Callable, Iterator
 
 __all__ = [
     "OutputError",
+    "atomic_write",
     "check_output_dir",
     "estimate_checkpoint_bytes",
     "output_error",
@@ -134,3 +136,67 @@ def estimate_checkpoint_bytes(model, optimizer=None) -> int:
         p.numel() * p.element_size() for g in optimizer.param_groups for p in g["params"]
     )
     return model_bytes + per_param * param_bytes
+
+
+class _RecordingFile:
+    """A file object that remembers the ``OSError`` of a failed write: torch's serializer
+    turns it into ``RuntimeError("... unexpected pos ...")``, losing the reason."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(file)`` on a temp file next to ``path``, fsync it, rename it to ``path``.
+
+    On any failure the temp file is removed and ``path`` keeps its previous content.
+
+    Raises:
+        OutputError: the folder cannot be created or written, or the device is full (the
+            message names ``path``: "no space left on device writing <path>").
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
+        )
+    except OSError as e:
+        raise output_error(e, path) from e
+    recorder: _RecordingFile | None = None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            # mkstemp creates 0600 files; give the final file the usual umask-based mode.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(f.fileno(), 0o666 & ~umask)
+            recorder = _RecordingFile(f)
+            write(recorder)  # type: ignore[arg-type]
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        cause = recorder.error if recorder is not None and recorder.error else e
+        if isinstance(cause, OSError):
+            raise output_error(cause, path) from e
+        raise
+    # Persist the rename itself (the directory entry), so a power cut cannot undo it.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
