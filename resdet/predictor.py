@@ -226,7 +226,7 @@ class Predictor:
         self.cfg = cfg
         self.device = resolve_device(device if device != "auto" else cfg.MODEL.DEVICE)
         model = build_detector(cfg)
-        result = load_model_weights(model, ckpt, log=True)
+        result = load_model_weights(model, ckpt, log=True, source=str(weights))
         if result.missing_keys:
             raise ValueError(
                 f"{weights}: {len(result.missing_keys)} of the detector's tensors are not in the "

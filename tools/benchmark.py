@@ -34,6 +34,7 @@ from resdet.utils.benchmark_report import (
     run_benchmark,
     write_outputs,
 )
+from resdet.utils.cli import tool_entry
 
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 
@@ -55,6 +56,7 @@ def update_markdown(path: str, table: str) -> None:
         f.write(text)
 
 
+@tool_entry
 def main(argv: list[str] | None = None) -> int:
     d = BenchOptions()
     p = argparse.ArgumentParser(

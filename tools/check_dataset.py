@@ -34,7 +34,7 @@ try:
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resdet.config import ConfigError, load_config
+from resdet.config import load_config
 from resdet.data.catalog import datasets_root, register_coco_instances
 from resdet.data.check import (
     DatasetReport,
@@ -43,8 +43,11 @@ from resdet.data.check import (
     check_image_folder,
     format_report,
 )
+from resdet.data.image_io import set_max_image_pixels
+from resdet.utils.cli import tool_entry
 from resdet.utils.dataset_plots import draw_dataset
 from resdet.utils.logging import setup_logging
+from resdet.utils.output import writing
 
 
 def _classification_reports(cfg, args: argparse.Namespace) -> List[DatasetReport]:
@@ -67,6 +70,7 @@ def _classification_reports(cfg, args: argparse.Namespace) -> List[DatasetReport
     return reports
 
 
+@tool_entry
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -91,8 +95,13 @@ def main(argv: List[str] | None = None) -> int:
         help="draw N sample images and labels.png per detection dataset",
     )
     parser.add_argument("--draw-dir", default="dataset_draw", help="where --draw writes")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--max-image-pixels", type=int, default=None,
+        help="report images declaring more pixels as decompression bombs, without decoding "
+        "them (default: INPUT.MAX_IMAGE_PIXELS, 178956970; 0: no limit)",
+    )  # fmt: skip
+    parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides (with --config)")
+    args = parser.parse_intermixed_args(argv)
     if not (args.config or args.dataset or args.coco_json or args.image_folder):
         parser.error("name something to check: --config, --dataset, --coco-json or --image-folder")
     if bool(args.coco_json) != bool(args.image_root):
@@ -104,16 +113,14 @@ def main(argv: List[str] | None = None) -> int:
 
     names: List[str] = list(args.dataset)
     reports: List[DatasetReport] = []
-    try:
-        if args.config:
-            cfg = load_config(args.config, args.opts)
-            if cfg.MODEL.ARCH == "classifier":
-                reports += _classification_reports(cfg, args)
-            else:
-                names += [n for n in [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST] if n not in names]
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.opts) if args.config else load_config()
+    limit = cfg.INPUT.MAX_IMAGE_PIXELS if args.max_image_pixels is None else args.max_image_pixels
+    set_max_image_pixels(limit)
+    if args.config:
+        if cfg.MODEL.ARCH == "classifier":
+            reports += _classification_reports(cfg, args)
+        else:
+            names += [n for n in [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST] if n not in names]
     if args.coco_json:
         name = "check:" + os.path.basename(args.coco_json)
         register_coco_instances(name, args.coco_json, args.image_root, overwrite=True)
@@ -133,7 +140,7 @@ def main(argv: List[str] | None = None) -> int:
             written = draw_dataset(name, args.draw, folder)
             print(f"{name}: {len(written)} pictures in {folder}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
+        with writing(args.json), open(args.json, "w", encoding="utf-8") as f:
             json.dump([dataclasses.asdict(r) for r in reports], f, indent=1)
     return 0 if all(r.ok for r in reports) else 1
 

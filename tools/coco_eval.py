@@ -21,10 +21,11 @@ try:
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resdet.data.records import DatasetError
 from resdet.evaluation.coco import evaluate_coco_files, format_coco_metrics
+from resdet.utils.cli import tool_entry
 
 
+@tool_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gt", required=True, help="COCO ground-truth json")
@@ -39,21 +40,25 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="report: score threshold of the confusion matrix and galleries (default: best F1)",
     )
+    parser.add_argument(
+        "--allow-unknown-categories",
+        action="store_true",
+        help="results whose category_id is not in the ground truth: a warning with their "
+        "count (they are left out of the score) instead of an error",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    try:
-        metrics = evaluate_coco_files(args.gt, args.dt, args.output)
-        if args.report:
-            # Imported only when asked: it brings torch, which plain scoring does without.
-            from resdet.evaluation.report_writer import report_from_files
+    metrics = evaluate_coco_files(
+        args.gt, args.dt, args.output, allow_unknown_categories=args.allow_unknown_categories
+    )
+    if args.report:
+        # Imported only when asked: it brings torch, which plain scoring does without.
+        from resdet.evaluation.report_writer import report_from_files
 
-            report_from_files(args.gt, args.dt, args.report, args.image_root, args.score_thresh)
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        report_from_files(args.gt, args.dt, args.report, args.image_root, args.score_thresh)
     print(format_coco_metrics(metrics), end="")
     if args.report:
         print(f"report: {os.path.join(args.report, 'report.md')}")

@@ -31,8 +31,8 @@ except ImportError:  # run from a checkout without installing: put the repo root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from resdet.config.load import save_config
-from resdet.export.convert import ConversionError, convert_weights
-from resdet.utils.safe_pickle import UnsafePickleError
+from resdet.export.convert import convert_weights
+from resdet.utils.cli import tool_entry
 
 
 def _overrides(cfg, dst: str) -> str:
@@ -47,6 +47,7 @@ def _overrides(cfg, dst: str) -> str:
     return " ".join(f"{k} {v}" for k, v in pairs)
 
 
+@tool_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -67,13 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg, fmt = convert_weights(
-            args.source, args.output, to_rgb=args.rgb, keep_unused_classes=args.keep_na_classes
-        )
-    except (ConversionError, UnsafePickleError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg, fmt = convert_weights(
+        args.source, args.output, to_rgb=args.rgb, keep_unused_classes=args.keep_na_classes
+    )
     b = cfg.MODEL.BACKBONE
     if fmt.endswith("-detector"):
         yaml_path = os.path.splitext(args.output)[0] + ".yaml"

@@ -23,9 +23,8 @@ try:
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resdet.config import ConfigError
-from resdet.data.records import DatasetError
 from resdet.engine.demo import SCHEDULES, DemoOptions, default_schedule, run_demo
+from resdet.utils.cli import tool_entry
 
 
 def _print_summary(s: dict) -> None:
@@ -44,6 +43,7 @@ def _print_summary(s: dict) -> None:
     print(f"report: {s['report']}")
 
 
+@tool_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -90,11 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         num_vis=args.num_vis,
     )
-    try:
-        summary = run_demo(opts)
-    except (ConfigError, DatasetError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    summary = run_demo(opts)
     _print_summary(summary)
     return 0
 

@@ -26,6 +26,7 @@ except ImportError:  # run from a checkout without installing: put the repo root
 
 from resdet.engine.detection import run
 from resdet.engine.launch import tool_main
+from resdet.utils.cli import tool_entry
 
 
 def report_overrides(argv: list[str]) -> list[str]:
@@ -46,6 +47,7 @@ def report_overrides(argv: list[str]) -> list[str]:
     return rest + extra
 
 
+@tool_entry
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     return tool_main(__doc__, run, report_overrides(argv), eval_only=True)

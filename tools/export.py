@@ -31,6 +31,8 @@ try:
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from resdet.utils.cli import tool_entry
+
 
 @torch.no_grad()
 def export_and_check(fmt: str, model, reference, args, example, other) -> bool:
@@ -67,6 +69,7 @@ def export_and_check(fmt: str, model, reference, args, example, other) -> bool:
     return ok
 
 
+@tool_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -82,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fixed", action="store_true", help="ONNX input size fixed to --size")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16, default 17)")
     parser.add_argument("--no-check", action="store_true", help="skip the comparison run")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
+    args = parser.parse_intermixed_args(argv)
 
     from resdet.config import ConfigError
     from resdet.data.det_transforms import resize_scale

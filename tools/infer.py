@@ -34,6 +34,7 @@ try:
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from resdet.utils.cli import tool_entry
 
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+$")
 
@@ -55,6 +56,7 @@ def _split_overrides(args: argparse.Namespace) -> None:
             return
 
 
+@tool_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -70,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1, help="images / frames per pass")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--no-pictures", action="store_true", help="write only the json files")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--max-image-pixels", type=int, default=None,
+        help="refuse images declaring more pixels (default: INPUT.MAX_IMAGE_PIXELS; 0: no limit)",
+    )  # fmt: skip
+    parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
+    args = parser.parse_intermixed_args(argv)
     _split_overrides(args)
     if not args.input:
         parser.error("--input: name at least one image, folder, glob pattern or video")
@@ -84,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from resdet.config import ConfigError
+    from resdet.data.image_io import set_max_image_pixels
     from resdet.data.records import DatasetError
     from resdet.media import annotate_video, class_filter, collect_inputs, keep_labels
     from resdet.predictor import Predictor, to_rgb_uint8
@@ -101,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    limit = args.max_image_pixels
+    set_max_image_pixels(predictor.cfg.INPUT.MAX_IMAGE_PIXELS if limit is None else limit)
 
     os.makedirs(args.output, exist_ok=True)
     results, failed, num_dets = [], [], 0

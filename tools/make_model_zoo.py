@@ -23,6 +23,8 @@ try:
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from resdet.utils.cli import tool_entry
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PENDING = "pending: see REPORT.md of `make demo`"
 DEMO_CONFIGS = ("shapes_cls_r18", "shapes_r18_fpn")
@@ -272,6 +274,7 @@ def render() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+@tool_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default=os.path.join(REPO, "MODEL_ZOO.md"))

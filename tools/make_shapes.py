@@ -11,12 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import sys
 import time
 
+try:
+    import resdet  # noqa: F401
+except ImportError:  # run from a checkout without installing: put the repo root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from resdet.data.shapes import generate_shapes, shapes_paths
+from resdet.utils.cli import tool_entry
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--root", default="datasets/shapes", help="output folder")
     p.add_argument("--num-train", type=int, default=1500)
@@ -28,11 +36,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--crop-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="rendering processes (1: no pool)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args()
+@tool_entry
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     start = time.time()
     meta = generate_shapes(
@@ -59,7 +68,8 @@ def main() -> None:
     )
     for key, path in shapes_paths(args.root).items():
         print(f"  {key:13s} {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

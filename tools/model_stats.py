@@ -23,10 +23,12 @@ try:
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resdet.config import ConfigError, load_config
+from resdet.config import load_config
+from resdet.utils.cli import tool_entry
 from resdet.utils.model_stats import model_stats
 
 
+@tool_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -37,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rois", type=int, help="RoIs per image for a detector's RoI head")
     parser.add_argument("--json", action="store_true", help="print the counts as JSON instead")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
+    args = parser.parse_intermixed_args(argv)
     if args.size is not None and min(args.size) <= 0:
         parser.error(f"--size needs two positive integers, got {args.size}")
     if args.rois is not None and args.rois < 0:
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.opts)
         stats = model_stats(cfg, args.size, args.rois)
-    except (ConfigError, ValueError) as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(asdict(stats), indent=2) if args.json else stats.format_table())

@@ -23,8 +23,10 @@ except ImportError:  # run from a checkout without installing: put the repo root
 
 from resdet.engine.detection import run
 from resdet.engine.launch import tool_main
+from resdet.utils.cli import tool_entry
 
 
+@tool_entry
 def main(argv: list[str] | None = None) -> int:
     return tool_main(__doc__, run, argv)
 

@@ -133,6 +133,9 @@ class InputConfig:
     TEST_RESIZE: int = 256
     PCA_STD: float = 0.1  # AlexNet-style PCA colour augmentation; 0 disables
     AUGMENT: str = "imagenet"  # "imagenet", "cifar" or "generic"
+    # Images whose header declares more pixels are refused before decoding (decompression
+    # bombs; resdet.data.image_io). Pillow's error limit; 0 disables the check.
+    MAX_IMAGE_PIXELS: int = 178_956_970
 
 
 @dataclass

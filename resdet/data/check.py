@@ -7,13 +7,15 @@ annotated one. Nothing raises: problems are collected in a :class:`DatasetReport
 :func:`format_report` turns into text (``tools/check_dataset.py`` prints it).
 
 Problems (``report.ok`` is False): a file that cannot be read (missing, empty, corrupt,
-truncated), a decoded size that differs from the annotation (with a hint when height and width
-are swapped by an EXIF orientation tag), and every annotation the loaders reject (zero or
-negative box size, box outside the image, unknown category id, malformed or duplicate
-entries, unreadable xml, ...). Notes (listed, not problems): images without objects and images
-whose only objects are crowd regions (both dropped from training by ``DATASETS.FILTER_EMPTY``).
-Greyscale, RGBA, palette, 16-bit and EXIF-rotated files decode fine (``read_image``) and are
-not reported.
+truncated, or a decompression bomb: more pixels in its header than the limit of
+:mod:`resdet.data.image_io`), a decoded size that differs from the annotation (with a hint when
+height and width are swapped by an EXIF orientation tag), and every annotation the loaders
+reject (zero or negative box size, box outside the image, unknown category id, malformed or
+duplicate entries, unreadable xml, ...), and boxes the loaders clip because they reach far
+outside their image (:mod:`resdet.data.box_bounds`). Notes (listed, not problems): images
+without objects and images whose only objects are crowd regions (both dropped from training by
+``DATASETS.FILTER_EMPTY``). Greyscale, RGBA, palette, 16-bit and EXIF-rotated files decode fine
+(``read_image``) and are not reported.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterator, List, Sequence, Tuple
 import numpy as np
 from pycocotools.coco import COCO
 
+from resdet.data.box_bounds import ClippedBoxes
 from resdet.data.records import DatasetError, DatasetMeta, DetectionRecord
 
 logger = logging.getLogger(__name__)
@@ -261,18 +262,21 @@ def load_coco_json(
     )
 
     records: List[DetectionRecord] = []
-    n_clipped = 0
+    clipped = ClippedBoxes(json_file)
     for img_id in sorted(coco.getImgIds()):
         img = coco.imgs[img_id]
         height, width = int(img["height"]), int(img["width"])
         boxes, labels, crowd = [], [], []
         for ann in coco.imgToAnns.get(img_id, []):
+            where = f"annotation id {ann['id']!r} (image id {img_id!r})"
             box, label, problem = _convert_box(ann, width, height, cat_to_label)
             if problem:
-                problems.report(f"annotation id {ann['id']!r} (image id {img_id!r})", problem)
+                problems.report(where, problem)
                 continue
             x, y, w, h = (float(v) for v in ann["bbox"])
-            n_clipped += not np.allclose(box, [x, y, x + w, y + h], atol=1e-3)
+            clipped.add(
+                json_file, where, [x, y, x + w, y + h], width, height, f"bbox={ann['bbox']}"
+            )
             boxes.append(box)
             labels.append(label)
             crowd.append(bool(ann.get("iscrowd", 0)))
@@ -288,8 +292,7 @@ def load_coco_json(
             )
         )
     problems.log("images/annotations")
-    if n_clipped:
-        logger.info("%s: clipped %d boxes that extend past their image", json_file, n_clipped)
+    clipped.log()
     meta = DatasetMeta(
         name=name or os.path.splitext(os.path.basename(json_file))[0],
         class_names=class_names,

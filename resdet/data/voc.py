@@ -12,12 +12,14 @@ This is the conversion detectron2 uses (``detectron2/data/datasets/pascal_voc.py
 from __future__ import annotations
 
 import logging
+import math
 import os
 import xml.etree.ElementTree as ET
 from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from resdet.data.box_bounds import ClippedBoxes
 from resdet.data.coco import ProblemLog, note_problem
 from resdet.data.records import DatasetError, DatasetMeta, DetectionRecord
 
@@ -62,9 +64,12 @@ def _text(node: ET.Element, path: str) -> str:
 def _number(node: ET.Element, path: str) -> float:
     text = _text(node, path)
     try:
-        return float(text)
+        value = float(text)
     except ValueError as e:
         raise _FieldError(f"<{path}> is not a number: {text!r}") from e
+    if not math.isfinite(value):
+        raise _FieldError(f"<{path}> is not a finite number: {text!r}")
+    return value
 
 
 def _parse_xml(
@@ -73,6 +78,7 @@ def _parse_xml(
     image_id: int,
     file_name: str,
     problems: ProblemLog,
+    clipped: ClippedBoxes | None = None,
 ) -> DetectionRecord:
     """One annotation file → record. File-level problems raise; object-level ones go to
     ``problems`` (raised or skipped by the caller's policy)."""
@@ -107,7 +113,7 @@ def _parse_xml(
             problems.report(where, f"bad box (xmin, ymin, xmax, ymax)={tuple(coords)}")
             continue
         # A box spilling past the border is clipped (annotators sometimes write xmin=0 or
-        # xmax=W+1); one entirely outside the image is an error.
+        # xmax=W+1; farther out it is named by `clipped`); one entirely outside is an error.
         cx1, cx2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
         cy1, cy2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
         if cx2 <= cx1 or cy2 <= cy1:
@@ -117,6 +123,8 @@ def _parse_xml(
                 f"{width}x{height} image",
             )
             continue
+        if clipped is not None:
+            clipped.add(xml_file, where, (x1, y1, x2, y2), width, height, f"bndbox={coords}")
         x1, y1, x2, y2 = cx1, cy1, cx2, cy2
         diff = obj.find("difficult")
         boxes.append([x1, y1, x2, y2])
@@ -175,6 +183,7 @@ def load_voc(
 
     skipped_images: List[str] = []
     records: List[DetectionRecord] = []
+    clipped = ClippedBoxes(split_file)
     for index, file_id in enumerate(ids):
         xml_file = os.path.join(root, "Annotations", f"{file_id}.xml")
         problems = ProblemLog(xml_file, on_error)
@@ -185,6 +194,7 @@ def load_voc(
                 image_id=index,
                 file_name=os.path.join(root, "JPEGImages", f"{file_id}.jpg"),
                 problems=problems,
+                clipped=clipped,
             )
         except DatasetError as e:
             if on_error == "raise":
@@ -194,6 +204,7 @@ def load_voc(
             continue
         problems.log("objects")
         records.append(record)
+    clipped.log()
     if skipped_images:
         logger.warning(
             "%s: skipped %d images with unusable annotations (on_error='skip'):\n  %s",

@@ -10,9 +10,12 @@ A checkpoint is one ``torch.save``'d dict::
 Everything inside is tensors, numbers, strings, lists and dicts, so :func:`load_checkpoint`
 uses ``torch.load(weights_only=True)`` and a downloaded checkpoint cannot run code.
 
-Files are written to a temporary name in the same directory, fsync'ed and renamed over the
-final name (``os.replace`` is atomic on POSIX): a crash mid-write leaves the previous
-checkpoint and the ``last_checkpoint`` pointer untouched, never a truncated ``.pth``.
+Files are written (:func:`resdet.utils.output.atomic_write`) to a temporary name in the same
+directory, fsync'ed and renamed over the final name (``os.replace`` is atomic on POSIX): a
+crash mid-write leaves the previous checkpoint and the ``last_checkpoint`` pointer untouched,
+never a truncated ``.pth``. A full disk or a read-only folder is an ``OutputError`` naming the
+file, with the same guarantee. A file that cannot be loaded or does not fit the model is a
+:class:`CheckpointError` naming the file and the reason.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import contextlib
 import datetime
 import logging
 import os
+import pickle
 import random
 import re
-import tempfile
+import zipfile
 from collections import defaultdict
-from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -35,10 +39,12 @@ from torch.nn.modules.module import _IncompatibleKeys
 from resdet.config.load import ConfigError, config_to_dict
 from resdet.config.schema import Config
 from resdet.engine.dist import all_gather_object, get_rank, get_world_size, is_main_process
+from resdet.utils.output import atomic_write
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CheckpointError",
     "Checkpointer",
     "atomic_write",
     "get_rng_state",
@@ -56,32 +62,12 @@ _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
 _STALE_TMP = re.compile(r"^\..+\.tmp$")
 
 
-def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(file)`` on a temp file next to ``path``, fsync it, rename it to ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # mkstemp creates 0600 files; give the final file the usual umask-based mode.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(f.fileno(), 0o666 & ~umask)
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # Persist the rename itself (the directory entry), so a power cut cannot undo it.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+class CheckpointError(RuntimeError, ValueError):
+    """A checkpoint cannot be used: truncated, not a checkpoint, refused by ``weights_only``,
+    or made for another architecture. The message names the file and the problem.
+
+    (A ``RuntimeError`` and a ``ValueError``, the two classes these failures raised before.)
+    """
 
 
 def save_checkpoint(path: str, state: Mapping[str, Any]) -> None:
@@ -94,16 +80,30 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
 
     Raises:
         FileNotFoundError: no such file.
-        RuntimeError: not a loadable checkpoint (the message names the file).
+        CheckpointError: not a loadable checkpoint (the message names the file and why).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message is a paragraph; keep the line naming what the pickle asked for.
+        lines = [line for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        what = lines[0].strip() if lines else str(e).splitlines()[0]
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: refused by torch.load(weights_only=True), the file "
+            f"asks to run code ({what}); nothing was run"
+        ) from e
     except Exception as e:
-        raise RuntimeError(f"cannot load checkpoint {path}: {e}") from e
+        # torch.save writes a zip; a file cut short has lost the zip's central directory.
+        kind = "corrupt" if zipfile.is_zipfile(path) else "truncated, or not a checkpoint"
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: not a complete torch.save file ({kind}; "
+            f"{type(e).__name__}: {reason})"
+        ) from e
     if not isinstance(ckpt, dict):
-        raise RuntimeError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     return ckpt
 
 
@@ -204,7 +204,7 @@ def load_model_weights(
     prefix: str = "",
     log: bool = True,
     strict: bool = False,
-    source: Optional[str] = None,
+    source: str = "",
 ) -> _IncompatibleKeys:
     """Load weights into ``model`` (or into its submodule named ``prefix``).
 
@@ -218,14 +218,15 @@ def load_model_weights(
             as unexpected keys).
         log: log missing / unexpected keys, grouped by module.
         strict: raise when any key is missing or unexpected (exact resume).
-        source: the file to name in messages when a state dict is passed.
+        source: the file a given dict was loaded from, for messages (a path argument names
+            itself).
 
     Returns:
         ``(missing_keys, unexpected_keys)`` relative to the target module.
 
     Raises:
-        ValueError: a tensor's shape differs from the model's (names the key and both shapes),
-            or ``strict`` and the keys differ.
+        CheckpointError: a tensor's shape differs from the model's (names the key and both
+            shapes), or ``strict`` and the keys differ, or the file cannot be loaded.
     """
     if isinstance(state_dict_or_path, str):
         source = state_dict_or_path
@@ -235,12 +236,33 @@ def load_model_weights(
         sd = load_checkpoint(sd)
     if isinstance(sd.get("model"), Mapping):
         sd = sd["model"]
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"{source}: expected a state dict, got {type(sd).__name__}")
     sd = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in sd.items()}
     sd = _strip_module_prefix(sd)
+    not_tensors = [str(k) for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(
+            f"{source}: not a state dict of tensors ({len(not_tensors)} entries are not tensors, "
+            f"e.g. {not_tensors[:3]})"
+        )
     target = unwrap_model(model)
     if prefix:
         target = target.get_submodule(prefix.rstrip("."))
     own = target.state_dict()
+    if sd and not any(k in own for k in sd):
+        where = f" (into '{prefix}')" if prefix else ""
+        hint = (
+            "a classification checkpoint (ResNet keys 'conv1.*', 'layer1.*', ...): a detector "
+            "takes it as MODEL.BACKBONE.PRETRAINED"
+            if "conv1.weight" in sd and any(k.endswith(".conv1.weight") for k in own)
+            else "a checkpoint of another architecture? (weights from other projects: "
+            "tools/convert_weights.py)"
+        )
+        raise CheckpointError(
+            f"{source}{where}: none of its {len(sd)} tensors has a name the model uses "
+            f"(e.g. '{next(iter(sd))}' vs the model's '{next(iter(own), '')}'): {hint}"
+        )
     mismatched = [
         f"'{k}': checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
         for k, v in sd.items()
@@ -249,13 +271,13 @@ def load_model_weights(
     if mismatched:
         where = f" (into '{prefix}')" if prefix else ""
         more = f" and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""
-        raise ValueError(
+        raise CheckpointError(
             f"{source}{where}: shape mismatch for {'; '.join(mismatched[:5])}{more}. "
             "Check MODEL.NUM_CLASSES / depth / architecture against the checkpoint's config."
         )
     result = target.load_state_dict(sd, strict=False)
     if strict and (result.missing_keys or result.unexpected_keys):
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: keys differ from the model; missing: "
             f"{_summarize_keys(result.missing_keys) or '-'}; unexpected: "
             f"{_summarize_keys(result.unexpected_keys) or '-'}"
@@ -386,13 +408,14 @@ class Checkpointer:
 
         Raises:
             FileNotFoundError: no checkpoint to resume from.
-            ValueError: the model's keys or shapes differ from the checkpoint's.
+            CheckpointError: the file cannot be loaded, or the model's keys or shapes differ
+                from the checkpoint's.
         """
         path = path or self.last_checkpoint()
         if path is None:
             raise FileNotFoundError(f"no checkpoint to resume from in {self.output_dir}")
         ckpt = load_checkpoint(path)
-        load_model_weights(model, ckpt["model"], log=False, strict=True)
+        load_model_weights(model, ckpt["model"], log=False, strict=True, source=path)
         if optimizer is not None and ckpt.get("optimizer"):
             optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt.get("scheduler"):

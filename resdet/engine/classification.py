@@ -32,6 +32,7 @@ from resdet.config.schema import Config
 from resdet.data import cls_transforms as T
 from resdet.data.catalog import datasets_root
 from resdet.data.cifar import CIFAR10
+from resdet.data.image_io import set_max_image_pixels
 from resdet.data.imagefolder import ImageFolderDataset
 from resdet.data.loader import InfiniteSampler
 from resdet.data.random_state import seed_compose
@@ -62,6 +63,7 @@ from resdet.engine.trainer import train_loop
 from resdet.evaluation.classification import ClassificationMeter
 from resdet.modeling.classifier import build_classifier
 from resdet.utils.logging import close_logging, setup_logging
+from resdet.utils.output import check_output_dir, estimate_checkpoint_bytes, require_free_space
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +288,9 @@ def run(
     """
     rank, _, _ = init_distributed()
     out = cfg.OUTPUT_DIR
+    set_max_image_pixels(cfg.INPUT.MAX_IMAGE_PIXELS)
     if is_main_process():
+        check_output_dir(out)  # a file, read-only or full: say so before any work
         save_config(cfg, os.path.join(out, "config.yaml"))
     setup_logging(out, rank)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -362,6 +366,8 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer, cfg.SOLVER.MAX_ITER)
     scaler = build_grad_scaler(device.type, amp.ENABLED, amp.DTYPE)
+    if is_main_process():  # a disk that cannot hold one checkpoint fails now, not later
+        require_free_space(out, estimate_checkpoint_bytes(model, optimizer))
     if getattr(scheduler, "uses_metric", False) and (test_set is None or cfg.TEST.EVAL_PERIOD <= 0):
         raise ConfigError(
             "SOLVER.LR_SCHEDULER plateau needs DATASETS.CLS_TEST and TEST.EVAL_PERIOD > 0"

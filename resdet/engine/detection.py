@@ -28,6 +28,7 @@ from resdet.data.catalog import (
 from resdet.data.coco import filter_empty
 from resdet.data.det_dataset import DetectionDataset
 from resdet.data.det_transforms import build_det_transforms
+from resdet.data.image_io import set_max_image_pixels
 from resdet.data.loader import build_detection_loader
 from resdet.data.records import DatasetMeta, DetectionRecord
 from resdet.engine.amp import autocast_factory, build_grad_scaler
@@ -71,6 +72,7 @@ from resdet.layers.winograd import (
 from resdet.modeling.detection.build import build_detector
 from resdet.modeling.detection.faster_rcnn import FasterRCNN
 from resdet.utils.logging import close_logging, setup_logging
+from resdet.utils.output import check_output_dir, estimate_checkpoint_bytes, require_free_space
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +336,7 @@ def _load_initial_weights(
         checkpoint = load_checkpoint(path)
         for problem in input_convention_mismatches(checkpoint.get("config"), cfg):
             logger.warning("%s: %s", path, problem)
-        load_model_weights(model.resnet, checkpoint)
+        load_model_weights(model.resnet, checkpoint, source=path)
     else:
         logger.warning("no MODEL.WEIGHTS or MODEL.BACKBONE.PRETRAINED: training from scratch")
 
@@ -349,6 +351,9 @@ def run(
     Returns the last evaluation's metrics.
     """
     rank, _, _ = init_distributed()
+    set_max_image_pixels(cfg.INPUT.MAX_IMAGE_PIXELS)
+    if is_main_process():
+        check_output_dir(cfg.OUTPUT_DIR)  # a file, read-only or full: say so before any work
     setup_logging(cfg.OUTPUT_DIR, rank)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
@@ -429,6 +434,8 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer, cfg.SOLVER.MAX_ITER)
     scaler = build_grad_scaler(device.type, amp.ENABLED, amp.DTYPE)
+    if is_main_process():  # a disk that cannot hold one checkpoint fails now, not later
+        require_free_space(out, estimate_checkpoint_bytes(model, optimizer))
     start_iter, hook_state = 0, {}
     if resume and checkpointer.last_checkpoint():
         ckpt = checkpointer.resume(model, optimizer, scheduler, scaler)

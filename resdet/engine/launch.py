@@ -1,20 +1,22 @@
 """The command line shared by tools/train_cls.py, train_det.py and eval_det.py.
 
 ``--config FILE [--resume] [--eval-only] [--weights W] [KEY VALUE ...]`` -> load the config
--> the task's ``run(cfg, resume, eval_only, weights)``. Expected failures (a bad config, bad
-data, a missing file, a NaN loss) print one clear ``error:`` line and exit with 2.
+-> the task's ``run(cfg, resume, eval_only, weights)``. Flags may come anywhere, before,
+between or after the ``KEY VALUE`` overrides (``... OUTPUT_DIR out --resume``). Expected
+failures (a bad config, bad data, a broken checkpoint, an unwritable output, a NaN loss) are
+raised to the tool's :func:`resdet.utils.cli.tool_entry`, which prints one ``error:`` line
+and exits with 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Callable, Dict, List, Optional
 
-from resdet.config import Config, ConfigError, load_config
-from resdet.data.records import DatasetError
+from resdet.config import Config, load_config
 from resdet.engine.dist import destroy_distributed, is_main_process
+from resdet.utils.cli import DEBUG_FLAG
 
 RunFn = Callable[..., Dict[str, float]]
 
@@ -39,8 +41,11 @@ def tool_main(
     if not eval_only:
         parser.add_argument("--resume", action="store_true", help="continue from last_checkpoint")
         parser.add_argument("--eval-only", action="store_true", help="evaluate and exit")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        DEBUG_FLAG, action="store_true", help="show the traceback of an error (or RESDET_DEBUG=1)"
+    )
+    parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides (flags may follow)")
+    args = parser.parse_intermixed_args(argv)
     main_process = True
     try:
         cfg: Config = load_config(args.config, args.opts)
@@ -50,10 +55,6 @@ def tool_main(
             eval_only=eval_only or args.eval_only,
             weights=args.weights,
         )
-    except (ConfigError, DatasetError, FileNotFoundError, FloatingPointError) as e:
-        # FloatingPointError: a NaN/inf loss; the message names the iteration and the terms.
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     finally:
         main_process = is_main_process()
         destroy_distributed()

@@ -26,6 +26,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from resdet.data.records import DatasetError, DatasetMeta, DetectionRecord
+from resdet.evaluation.results_check import check_coco_results
 
 logger = logging.getLogger(__name__)
 
@@ -449,32 +450,44 @@ def read_coco_gt(gt_json: str) -> COCO:
     return _coco_from_dict(_read_json(gt_json, "COCO gt"), gt_json)
 
 
-def read_coco_results(dt_json: str) -> List[Dict[str, Any]]:
-    """Read a COCO results json: a list of ``{"image_id", "category_id", "bbox", "score"}``.
+def read_coco_results(
+    dt_json: str, coco_gt: COCO, allow_unknown_categories: bool = False
+) -> List[Dict[str, Any]]:
+    """Read a COCO results json (a list of ``{"image_id", "category_id", "bbox", "score"}``)
+    and validate every entry against ``coco_gt``'s image and category ids
+    (:func:`resdet.evaluation.results_check.check_coco_results`: types, 4 finite numbers,
+    finite score, known ids), so nothing malformed reaches pycocotools.
 
     Raises:
-        DatasetError: the file is missing or malformed; the message names the entry.
+        DatasetError: the file is missing or not JSON; ``ResultsError`` (a ``DatasetError``)
+            naming ``results[i]`` and the problem.
     """
-    results = _read_json(dt_json, "COCO results")
-    if not isinstance(results, list):
-        raise DatasetError(f"{dt_json}: COCO results must be a JSON list of detections")
-    for i, r in enumerate(results):
-        if not isinstance(r, dict):
-            raise DatasetError(f"{dt_json}: results[{i}] must be an object, got {r!r}")
-        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in r]
-        if missing:
-            raise DatasetError(f"{dt_json}: results[{i}] is missing {missing}")
-    return results
+    return check_coco_results(
+        _read_json(dt_json, "COCO results"),
+        dt_json,
+        coco_gt.getImgIds(),
+        coco_gt.getCatIds(),
+        allow_unknown_categories,
+    )
 
 
 def evaluate_coco_files(
-    gt_json: str, dt_json: str, output_dir: str | None = None
+    gt_json: str,
+    dt_json: str,
+    output_dir: str | None = None,
+    allow_unknown_categories: bool = False,
 ) -> Dict[str, Any]:
     """Score a COCO results json against a COCO gt json (see :func:`run_coco_eval`).
 
-    Every gt image is evaluated, including those without detections.
+    Every gt image is evaluated, including those without detections. Every result is
+    validated first (:func:`resdet.evaluation.results_check.check_coco_results`); with
+    ``allow_unknown_categories`` results of categories absent from the gt are dropped with a
+    warning instead of failing.
 
     Raises:
-        DatasetError: a missing or malformed file, or results for images not in the gt.
+        DatasetError: a missing or malformed file; ``ResultsError`` (a ``DatasetError``) for
+            results with wrong types, non-finite numbers, or unknown image / category ids.
     """
-    return run_coco_eval(read_coco_gt(gt_json), read_coco_results(dt_json), None, None, output_dir)
+    coco_gt = read_coco_gt(gt_json)
+    results = read_coco_results(dt_json, coco_gt, allow_unknown_categories)
+    return run_coco_eval(coco_gt, results, None, None, output_dir)

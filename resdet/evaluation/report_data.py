@@ -200,7 +200,8 @@ def load_report_data(gt_json: str, dt_json: str) -> ReportData:
         DatasetError: a missing or malformed file (named, with the entry), or results for images
             absent from the ground truth.
     """
-    return build_report_data(read_coco_gt(gt_json), read_coco_results(dt_json))
+    coco_gt = read_coco_gt(gt_json)
+    return build_report_data(coco_gt, read_coco_results(dt_json, coco_gt))
 
 
 def per_class_counts(

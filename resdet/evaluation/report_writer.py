@@ -343,7 +343,8 @@ def report_from_files(
     Raises:
         DatasetError: a missing or malformed file (named), or results for unknown images.
     """
-    data = build_report_data(read_coco_gt(gt_json), read_coco_results(dt_json))
+    coco_gt = read_coco_gt(gt_json)
+    data = build_report_data(coco_gt, read_coco_results(dt_json, coco_gt))
 
     def image_path(img_id: int) -> Optional[str]:
         name = data.image_file(img_id)
@@ -373,7 +374,9 @@ def report_for_dataset(
     """
     coco_gt = load_coco_gt(records, meta)
     files = {int(r.image_id): r.file_name for r in records}
-    data = build_report_data(coco_gt, read_coco_results(results_json), img_ids=sorted(files))
+    data = build_report_data(
+        coco_gt, read_coco_results(results_json, coco_gt), img_ids=sorted(files)
+    )
     return write_report(
         data, output_dir, score_thresh, files.get, title=f"Evaluation report: {meta.name}"
     )

@@ -30,6 +30,26 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class _LogFileHandler(logging.FileHandler):
+    """``log.txt``: a write that fails (a full disk, the folder gone read-only) is reported
+    once, in one line, and the file is given up; the console keeps logging. (The default
+    prints a traceback for every later record.)"""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        from resdet.utils.cli import format_error
+
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            print(
+                f"warning: cannot write the log file {self.baseFilename} "
+                f"({format_error(error)}); logging to the console only",
+                file=sys.stderr,
+            )
+            self.emit = lambda record: None  # type: ignore[method-assign]
+            return
+        super().handleError(record)
+
+
 def setup_logging(
     output_dir: str | None = None,
     rank: int = 0,
@@ -57,7 +77,7 @@ def setup_logging(
     handlers = [console]
     if output_dir and rank == 0:
         os.makedirs(output_dir, exist_ok=True)
-        file_handler = logging.FileHandler(os.path.join(output_dir, "log.txt"), encoding="utf-8")
+        file_handler = _LogFileHandler(os.path.join(output_dir, "log.txt"), encoding="utf-8")
         file_handler.setFormatter(logging.Formatter(_FORMAT, datefmt=_DATEFMT))
         file_handler.setLevel(level)
         setattr(file_handler, _MARK, True)
