@@ -315,6 +315,12 @@ def _str_keys(d: Mapping[Any, Any]) -> Dict[str, Any]:
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
 
 
+def _resdet_names(sd: Mapping[str, Any]) -> bool:
+    """Tensors named as resdet's own detector names them (its predictor, RPN head or FPN)."""
+    own = ("roi_heads.predictor.", "rpn.head.objectness.", "backbone.lateral.")
+    return any(k.startswith(own) for k in sd)
+
+
 def read_weights_file(path: str) -> RawWeights:
     """Read a ``.pkl`` (restricted unpickler) or a torch file (``weights_only=True``).
 
@@ -345,7 +351,7 @@ def read_weights_file(path: str) -> RawWeights:
         return RawWeights("pkl-blobs", blobs)
     ckpt: Any = load_checkpoint(path)  # weights_only=True: tensors and containers only
     if isinstance(ckpt.get("model"), dict):
-        if "config" in ckpt or "meta" in ckpt:  # what resdet's checkpoints carry
+        if "config" in ckpt or "meta" in ckpt or _resdet_names(ckpt["model"]):
             return RawWeights("resdet", ckpt)
         # detectron2's DetectionCheckpointer: {"model", "iteration", ...}
         return RawWeights("state_dict", dict(ckpt["model"]), str(ckpt.get("__author__", "unknown")))

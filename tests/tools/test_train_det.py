@@ -14,22 +14,13 @@ from resdet.data.shapes import generate_shapes
 from resdet.layers.winograd import channels_last_pays_for_training, winograd_pays
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY_BASE = os.path.join(ROOT, "tests", "configs", "tiny_fpn.yaml")
 
 TINY = """
-_BASE_: {configs}/base/fpn.yaml
-MODEL:
-  BACKBONE: {{DEPTH: 18, WIDTH: 16, NORM: FrozenBN, FREEZE_AT: 0}}
-  FPN: {{OUT_CHANNELS: 32}}
-  ANCHOR: {{SIZES: [[16], [32], [64], [128], [256]]}}
-  RPN: {{PRE_NMS_TOPK_TRAIN: 200, POST_NMS_TOPK_TRAIN: 100, PRE_NMS_TOPK_TEST: 100,
-         POST_NMS_TOPK_TEST: 50, BATCH_SIZE_PER_IMAGE: 64}}
-  ROI_HEADS: {{NUM_CLASSES: 7, BATCH_SIZE_PER_IMAGE: 32, FC_DIM: 64, POOLER_SAMPLING_RATIO: 1}}
-INPUT: {{MIN_SIZE_TRAIN: [160], MAX_SIZE_TRAIN: 320, MIN_SIZE_TEST: 160, MAX_SIZE_TEST: 320}}
+_BASE_: {tiny}
 DATASETS: {{TRAIN: [shapes_train], TEST: [shapes_val]}}
-DATALOADER: {{NUM_WORKERS: 0}}
 TEST: {{EVALUATORS: [coco, voc]}}
-SOLVER: {{OPTIMIZER: AdamW, BASE_LR: 0.001, IMS_PER_BATCH: 2, MAX_ITER: 6, WARMUP_ITERS: 2,
-          STEPS: [4], CHECKPOINT_PERIOD: 3}}
+SOLVER: {{MAX_ITER: 6, WARMUP_ITERS: 2, STEPS: [4], CHECKPOINT_PERIOD: 3}}
 LOG_PERIOD: 2
 """
 
@@ -39,7 +30,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     generate_shapes(str(root / "shapes"), num_train=6, num_val=3, crops=False, progress=False)
     cfg = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    cfg.write_text(TINY.format(configs=os.path.join(ROOT, "configs")))
+    cfg.write_text(TINY.format(tiny=TINY_BASE))
     env = {**os.environ, "RESDET_DATASETS": str(root), "OMP_NUM_THREADS": "1"}
     return str(cfg), env
 
