@@ -22,7 +22,7 @@ class FPN(Backbone):
 
     size_divisibility = 32
 
-    def __init__(self, bottom_up: ResNet, out_channels: int = 256) -> None:
+    def __init__(self, bottom_up: ResNet, *, out_channels: int = 256) -> None:
         super().__init__()
         self.bottom_up = bottom_up
         shapes = bottom_up.output_shape()

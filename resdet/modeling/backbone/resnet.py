@@ -77,6 +77,7 @@ class BasicBlock(nn.Module):
         self,
         in_ch: int,
         width: int,
+        *,
         stride: int = 1,
         norm: str = "BN",
         shortcut: Optional[str] = "B",
@@ -115,6 +116,7 @@ class Bottleneck(nn.Module):
         self,
         in_ch: int,
         width: int,
+        *,
         stride: int = 1,
         norm: str = "BN",
         shortcut: Optional[str] = "B",
@@ -172,6 +174,7 @@ class ResNet(Backbone):
     def __init__(
         self,
         depth: int = 50,
+        *,
         stem: str = "imagenet",
         plain: bool = False,
         shortcut: str = "B",
