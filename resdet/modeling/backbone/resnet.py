@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from resdet.layers.fuse import FusedConv2d
 from resdet.layers.norm import freeze_batchnorm, get_norm
 from resdet.modeling.backbone.base import Backbone, ShapeSpec
 
@@ -68,7 +69,67 @@ def _shortcut(
     )
 
 
-class BasicBlock(nn.Module):
+class _Block(nn.Module):
+    """What the basic and bottleneck blocks share: convolutions ``conv1..convK`` each followed
+    by ``bn1..bnK``, the shortcut join, and fusing for inference.
+
+    :meth:`fuse` (on a block whose norms :func:`~resdet.layers.fold.fold_frozen_bn` folded
+    into the convolutions) turns every convolution into a
+    :class:`~resdet.layers.fuse.FusedConv2d` that also applies the ReLU and, for the last one,
+    the residual add; ``forward`` then calls them instead of conv, norm, add and ReLU.
+    """
+
+    num_convs = 2
+    fused = False  # set by fuse(): forward runs the fused convolutions
+
+    def norms(self) -> List[nn.Module]:
+        return [getattr(self, f"bn{k}") for k in range(1, self.num_convs + 1)]
+
+    def can_fuse(self) -> bool:
+        """Whether :meth:`fuse` applies: every norm folded into its convolution."""
+        return not self.fused and all(isinstance(n, nn.Identity) for n in self.norms())
+
+    def fuse(self, winograd: bool = False) -> None:
+        """Fuse conv + bias + ReLU (+ residual add) for inference, in place (see the class).
+
+        A projection shortcut ``Sequential(conv, folded norm)`` becomes one fused convolution;
+        option A (zero padding) and the identity stay. ``winograd``: 3x3 stride-1 convolutions
+        run as Winograd convolutions where they can (:class:`~resdet.layers.fuse.FusedConv2d`).
+        """
+        if not self.can_fuse():
+            raise ValueError(f"{type(self).__name__}.fuse needs a folded block: run fold_frozen_bn")
+        for k in range(1, self.num_convs + 1):
+            conv = getattr(self, f"conv{k}")
+            setattr(self, f"conv{k}", FusedConv2d(conv, relu=True, winograd=winograd))
+        ds = self.downsample
+        if isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[1], nn.Identity):
+            self.downsample = FusedConv2d(ds[0], relu=False)
+        self.fused = True
+
+    def _conv_norm_relu(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        conv = getattr(self, f"conv{k}")
+        if self.fused:
+            return conv(x)  # ReLU inside, norm folded
+        return F.relu(getattr(self, f"bn{k}")(conv(x)), inplace=True)
+
+    def _shortcut_join(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The last convolution and norm on ``out``, plus the shortcut of ``x``, then ReLU."""
+        conv, norm = getattr(self, f"conv{self.num_convs}"), self.norms()[-1]
+        if self.fused:
+            identity = None
+            if self.residual:
+                identity = x if self.downsample is None else self.downsample(x)
+            return conv(out, identity)  # add and ReLU inside the convolution
+        out = norm(conv(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return F.relu(out, inplace=True)
+
+    def last_norm(self) -> nn.Module:
+        return self.norms()[-1]
+
+
+class BasicBlock(_Block):
     """Two 3x3 convs (Fig. 2 left). ``shortcut=None`` makes the plain block."""
 
     expansion = 1
@@ -92,18 +153,11 @@ class BasicBlock(nn.Module):
         self.residual = shortcut is not None
         self.downsample = _shortcut(shortcut, in_ch, out_ch, stride, norm)
 
-    def last_norm(self) -> nn.Module:
-        return self.bn2
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        out = self.bn2(self.conv2(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return F.relu(out, inplace=True)
+        return self._shortcut_join(self._conv_norm_relu(1, x), x)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """1x1 reduce, 3x3, 1x1 expand (Fig. 5 right). ``shortcut=None`` makes the plain block.
 
     ``stride_in_1x1`` puts the stride in the first 1x1 as the original MSRA/Caffe models do;
@@ -111,6 +165,7 @@ class Bottleneck(nn.Module):
     """
 
     expansion = 4
+    num_convs = 3
 
     def __init__(
         self,
@@ -134,16 +189,9 @@ class Bottleneck(nn.Module):
         self.residual = shortcut is not None
         self.downsample = _shortcut(shortcut, in_ch, out_ch, stride, norm)
 
-    def last_norm(self) -> nn.Module:
-        return self.bn3
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
-        out = self.bn3(self.conv3(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return F.relu(out, inplace=True)
+        out = self._conv_norm_relu(2, self._conv_norm_relu(1, x))
+        return self._shortcut_join(out, x)
 
 
 class ResNet(Backbone):
@@ -203,7 +251,7 @@ class ResNet(Backbone):
             self.maxpool = nn.Identity()
             stride = 1
         self.bn1 = get_norm(norm, width)
-        self.relu: nn.Module = nn.ReLU(inplace=True)  # a fused inference copy drops it
+        self.relu: nn.Module = nn.ReLU(inplace=True)  # fuse() moves it into conv1
         self._shapes: Dict[str, ShapeSpec] = {"stem": ShapeSpec(width, stride)}
 
         in_ch = width
@@ -311,6 +359,13 @@ class ResNet(Backbone):
                 for p in stage.parameters():
                     p.requires_grad_(False)
                 freeze_batchnorm(stage)
+
+    def fuse(self, winograd: bool = False) -> None:
+        """For inference, in place: a stem whose norm was folded runs conv + bias + ReLU as
+        one :class:`~resdet.layers.fuse.FusedConv2d` (the blocks fuse themselves)."""
+        if isinstance(self.bn1, nn.Identity) and type(self.conv1) is nn.Conv2d:
+            self.conv1 = FusedConv2d(self.conv1, relu=True, winograd=winograd)
+            self.relu = nn.Identity()  # the ReLU now runs inside conv1
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         shapes = {n: s for n, s in self._shapes.items() if n in self.out_features}

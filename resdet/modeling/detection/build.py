@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Tuple
 
-import torch
-
 from resdet.config.schema import Config
 from resdet.modeling.backbone.base import Backbone
 from resdet.modeling.backbone.fpn import FPN
@@ -156,8 +154,6 @@ def build_detector(cfg: Config) -> FasterRCNN:
         channels_last=cfg.MODEL.CHANNELS_LAST,
         pixel_scale=cfg.MODEL.PIXEL_SCALE,
     )
-    if cfg.MODEL.CHANNELS_LAST:
-        model = model.to(memory_format=torch.channels_last)
     return model
 
 

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
+from resdet.layers.fuse import FusedConv2d
 from resdet.modeling.detection.anchors import AnchorGenerator
 from resdet.modeling.detection.box_coder import BoxCoder
 from resdet.modeling.detection.losses import box_regression_loss
@@ -28,12 +29,20 @@ class RPNHead(nn.Module):
     def __init__(self, in_channels: int, *, num_anchors: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
-        self.relu = nn.ReLU()  # a module: the fused inference copy runs it inside ``conv``
+        self.relu: nn.Module = nn.ReLU()  # a module: fuse() moves it inside ``conv``
         self.objectness = nn.Conv2d(in_channels, num_anchors, 1)
         self.deltas = nn.Conv2d(in_channels, num_anchors * 4, 1)
         for layer in (self.conv, self.objectness, self.deltas):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.zeros_(layer.bias)
+
+    def fuse(self, winograd: bool = False) -> None:
+        """For inference, in place: every convolution becomes a
+        :class:`~resdet.layers.fuse.FusedConv2d`, the 3x3 one with the ReLU inside."""
+        self.conv = FusedConv2d(self.conv, relu=True, winograd=winograd)
+        self.relu = nn.Identity()
+        self.objectness = FusedConv2d(self.objectness, relu=False, winograd=winograd)
+        self.deltas = FusedConv2d(self.deltas, relu=False, winograd=winograd)
 
     def forward(
         self, features: Sequence[torch.Tensor]

@@ -34,7 +34,8 @@ def _fpn_heads(batch: int = 32, thresh: float = 0.05, dets: int = 10) -> ROIHead
     torch.manual_seed(0)
     box_head = FPNBoxHead(["p2", "p3"], in_channels=8, first_stride=4, resolution=7, fc_dim=32)
     return ROIHeads(
-        box_head, BoxPredictor(32, num_classes=K), K, BoxCoder((10.0, 10.0, 5.0, 5.0)), Matcher([0.5, 0.5]),
+        box_head, BoxPredictor(32, num_classes=K), K, BoxCoder((10.0, 10.0, 5.0, 5.0)),
+        Matcher([0.5, 0.5]),
         batch_size_per_image=batch, positive_fraction=0.25, score_thresh=thresh,
         detections_per_image=dets,
     )  # fmt: skip
@@ -47,7 +48,8 @@ def _c4_heads(pooler: str = "ROIAlign") -> ROIHeads:
         "res4", trunk.stage("res5"), stride=16, out_channels=64, resolution=14, pooler_type=pooler
     )
     heads = ROIHeads(
-        box_head, BoxPredictor(64, num_classes=K), K, BoxCoder((10.0, 10.0, 5.0, 5.0)), Matcher([0.5, 0.5]),
+        box_head, BoxPredictor(64, num_classes=K), K, BoxCoder((10.0, 10.0, 5.0, 5.0)),
+        Matcher([0.5, 0.5]),
         batch_size_per_image=16,
     )  # fmt: skip
     heads.trunk = trunk  # keep res5's owner alive and in train/eval mode with the heads
