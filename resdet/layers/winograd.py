@@ -287,8 +287,8 @@ def winograd_training_(model: nn.Module) -> List[str]:
             return conv_sharing(WinogradConv2d, m)
         return None
 
-    replaced = replace_children(model, swap)
-    names = [n for n, _ in model.named_modules() if n in set(flagged + replaced)]
+    switched = set(flagged + replace_children(model, swap))
+    names = [n for n, _ in model.named_modules() if n in switched]  # in module order
     logger.debug("Winograd convolutions: %s", names)
     return names
 
@@ -300,9 +300,9 @@ def undo_winograd_training_(model: nn.Module) -> int:
         if (
             isinstance(m, nn.Conv2d)
             and not isinstance(m, WinogradConv2d)
-            and m.__dict__.get("winograd")
+            and getattr(m, "winograd", False)
         ):
-            m.winograd = False
+            m.winograd = False  # a convolution with a flag of its own (see above)
             n += 1
 
     def swap(name: str, m: nn.Module) -> Optional[nn.Module]:
