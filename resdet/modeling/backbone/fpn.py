@@ -54,6 +54,8 @@ class FPN(Backbone):
         :class:`~resdet.layers.fuse.FusedConv2d` (bias add fused, NHWC; ``winograd`` for the 3x3
         outputs where it applies), and each lateral convolution adds the top-down map inside
         its oneDNN call."""
+        if self.fused:
+            return
         for convs in (self.lateral, self.output):
             for i, conv in enumerate(convs):
                 convs[i] = FusedConv2d(conv, relu=False, winograd=winograd)

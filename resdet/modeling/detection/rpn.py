@@ -39,6 +39,8 @@ class RPNHead(nn.Module):
     def fuse(self, winograd: bool = False) -> None:
         """For inference, in place: every convolution becomes a
         :class:`~resdet.layers.fuse.FusedConv2d`, the 3x3 one with the ReLU inside."""
+        if isinstance(self.conv, FusedConv2d):
+            return  # fused already
         self.conv = FusedConv2d(self.conv, relu=True, winograd=winograd)
         self.relu = nn.Identity()
         self.objectness = FusedConv2d(self.objectness, relu=False, winograd=winograd)
