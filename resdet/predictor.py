@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from resdet.accel import inference_model
 from resdet.config.load import config_from_dict, load_config, save_config
 from resdet.config.schema import Config
 from resdet.data.catalog import dataset_class_names
@@ -29,7 +30,6 @@ from resdet.data.image_io import read_image
 from resdet.data.records import DatasetError
 from resdet.engine.amp import autocast_factory
 from resdet.engine.checkpoint import load_checkpoint, load_model_weights
-from resdet.engine.detection import inference_model
 from resdet.engine.runtime import resolve_device
 from resdet.modeling.detection.build import build_detector
 

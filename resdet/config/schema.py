@@ -221,7 +221,7 @@ class TestConfig:
     VAL_LOSS: bool = False
     # Detection evaluation and inference on a copy of the model with BN folded into the
     # convolutions and, on CPU, conv + bias + ReLU (+ residual) fused in one oneDNN call
-    # (resdet.layers.fold.inference_copy). Same detections within float rounding.
+    # (resdet.accel.inference_model). Same detections within float rounding.
     FAST_INFERENCE: bool = True
     # With FAST_INFERENCE on CPU: 3x3 stride-1 convolutions as NNPACK Winograd convolutions
     # (resdet.layers.fuse; outputs within ~1e-5 relative) on CPUs where that is faster than

@@ -27,12 +27,13 @@ import cv2
 import numpy as np
 import torch
 
+from resdet.accel import inference_model
 from resdet.config.schema import Config
 from resdet.data.catalog import get_dataset
 from resdet.data.image_io import read_image
 from resdet.data.records import DetectionRecord
 from resdet.engine.checkpoint import load_model_weights
-from resdet.engine.detection import build_test_loader, inference_model, run_inference
+from resdet.engine.detection import build_test_loader, run_inference
 from resdet.modeling.detection.build import build_detector
 from resdet.utils.plots import plot_curves, plot_detection_curves, read_metrics
 from resdet.utils.visualization import draw_detections, save_image, tile_images

@@ -17,6 +17,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from resdet.accel import inference_model, prepare_for_training
 from resdet.config.load import ConfigError, save_config
 from resdet.config.schema import Config
 from resdet.data.catalog import (
@@ -63,12 +64,6 @@ from resdet.engine.trainer import train_loop
 from resdet.engine.val_loss import detection_val_losses
 from resdet.evaluation.coco import COCOEvaluator
 from resdet.evaluation.voc import VOCEvaluator
-from resdet.layers.fold import fold_frozen_bn_training_, inference_copy
-from resdet.layers.winograd import (
-    channels_last_pays_for_training,
-    winograd_pays,
-    winograd_training_,
-)
 from resdet.modeling.detection.build import build_detector
 from resdet.modeling.detection.faster_rcnn import FasterRCNN
 from resdet.utils.logging import close_logging, setup_logging
@@ -174,39 +169,6 @@ def run_inference(
     finally:
         model.train(was_training)
     return out
-
-
-def cpu_training_path(cfg: Config, device: torch.device) -> str:
-    """How the detector's convolutions train on this device: ``"winograd"`` (``SOLVER.WINOGRAD``
-    on CPUs where NNPACK beats oneDNN: AVX2-only ones), ``"channels_last"``
-    (``SOLVER.CPU_CHANNELS_LAST`` on CPUs where oneDNN's NHWC kernels are fastest: AVX-512 ones;
-    nothing to do when ``MODEL.CHANNELS_LAST`` already asks for it) or ``"none"``."""
-    if device.type != "cpu":
-        return "none"
-    if cfg.SOLVER.WINOGRAD and winograd_pays():
-        return "winograd"
-    if cfg.SOLVER.CPU_CHANNELS_LAST and not cfg.MODEL.CHANNELS_LAST:
-        if channels_last_pays_for_training():
-            return "channels_last"
-    return "none"
-
-
-def inference_model(model: nn.Module, cfg: Config) -> nn.Module:
-    """The model to run evaluation and inference with.
-
-    With ``TEST.FAST_INFERENCE`` (the default) an eval-mode copy of ``model`` with BN folded
-    into the convolutions and, on CPU, conv + bias + ReLU (+ residual add) fused into single
-    oneDNN calls and (``TEST.WINOGRAD``, on CPUs where it is the faster path:
-    :func:`~resdet.layers.winograd.winograd_pays`) 3x3 convolutions run as
-    Winograd convolutions (:func:`resdet.layers.fold.inference_copy`); it gives the same
-    detections within float rounding. ``model`` itself is left as it is (it may be training).
-    """
-    if not cfg.TEST.FAST_INFERENCE:
-        return model
-    param = next(model.parameters(), None)
-    on_cpu = param is None or param.device.type == "cpu"
-    winograd = on_cpu and cfg.TEST.WINOGRAD and winograd_pays()
-    return inference_copy(model, fuse=on_cpu, winograd=winograd)
 
 
 def evaluator_names(cfg: Config, meta: DatasetMeta) -> List[str]:
@@ -446,19 +408,7 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
         _load_initial_weights(model, cfg, weights, train_meta.class_names)
 
     check_same_on_all_ranks(start_iter, "the iteration to start from")
-    if cfg.SOLVER.FOLD_FROZEN_BN:
-        n = fold_frozen_bn_training_(model)
-        logger.info(
-            "frozen BN applied to the weights of %d convolutions (SOLVER.FOLD_FROZEN_BN)", n
-        )
-    path = cpu_training_path(cfg, device)
-    if path == "winograd":
-        n = len(winograd_training_(model))
-        logger.info("%d convolutions train as Winograd convolutions (SOLVER.WINOGRAD)", n)
-    elif path == "channels_last":
-        model.to(memory_format=torch.channels_last)  # in place: the optimizer's tensors stay
-        model.channels_last = True
-        logger.info("the detector trains channels_last (SOLVER.CPU_CHANNELS_LAST)")
+    prepare_for_training(model, cfg, device)  # in place: the optimizer's tensors stay
     train_model: nn.Module = model
     if get_world_size() > 1:
         ids = [device.index] if device.type == "cuda" else None

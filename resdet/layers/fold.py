@@ -8,8 +8,13 @@ three (conv, multiply, add): on a CPU, where these element-wise passes are memor
 is a measurable part of a ResNet forward (see ``BENCHMARKS.md``).
 
 Folding changes the module tree (a convolution gains a bias, the norm becomes ``nn.Identity``)
-and therefore the state-dict keys. It is applied to an inference *copy* only: the original
-model keeps its keys, so checkpoints keep loading into it and it keeps training.
+and therefore the state-dict keys. It is applied to an inference *copy* only
+(:func:`resdet.accel.inference_copy`): the original model keeps its keys, so checkpoints keep
+loading into it and it keeps training.
+
+For training, :func:`fold_frozen_bn_training_` folds on the fly instead: each (conv, frozen BN)
+pair is replaced by a :class:`ConvFrozenBN` and a :class:`FoldedAwayFrozenBN` that hold the same
+parameters and buffers (:mod:`resdet.layers.replace`).
 
 Which pairs are folded: a norm is folded only where the module layout says the convolution
 feeds it and nothing else, which holds for the ResNet family of resdet and torchvision:
@@ -30,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from resdet.layers.replace import conv_sharing, replace_children, share_buffers
 from resdet.layers.winograd import (
     undo_winograd_training_,
     winograd_applies,
@@ -38,11 +44,12 @@ from resdet.layers.winograd import (
 )
 
 __all__ = [
+    "ConvFrozenBN",
+    "FoldedAwayFrozenBN",
     "find_conv_bn_pairs",
     "fold_conv_bn_",
     "fold_frozen_bn",
     "fold_frozen_bn_training_",
-    "inference_copy",
 ]
 
 logger = logging.getLogger(__name__)
@@ -138,40 +145,7 @@ def fold_frozen_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
     return model
 
 
-def inference_copy(
-    model: nn.Module,
-    fold: bool = True,
-    fuse: bool = False,
-    channels_last: bool = False,
-    winograd: bool = False,
-) -> nn.Module:
-    """An eval-mode copy of ``model`` for fast inference; ``model`` itself is left untouched.
-
-    Args:
-        fold: fold frozen BN into the convolutions (:func:`fold_frozen_bn`).
-        fuse: also run conv + bias + ReLU (+ residual add) as single oneDNN calls in
-            channels_last (:func:`resdet.layers.fuse.fuse_for_inference`; implies ``fold``).
-            The fastest CPU path measured in ``BENCHMARKS.md``.
-        winograd: with ``fuse``, 3x3 stride-1 convolutions run as NNPACK Winograd
-            convolutions where available (:mod:`resdet.layers.fuse`).
-        channels_last: NHWC activations and weights without fusing. Also sets
-            ``model.channels_last`` when the model has it (resdet's ``FasterRCNN`` then
-            converts its input batch, so every convolution sees NHWC).
-    """
-    model = fold_frozen_bn(model) if (fold or fuse) else copy.deepcopy(model)
-    model.eval()
-    if fuse:
-        from resdet.layers.fuse import fuse_for_inference
-
-        model = fuse_for_inference(model, winograd=winograd)
-    elif channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        if hasattr(model, "channels_last"):
-            model.channels_last = True
-    return model
-
-
-class _FoldedAwayFrozenBN(FrozenBatchNorm2d):
+class FoldedAwayFrozenBN(FrozenBatchNorm2d):
     """A frozen BN whose affine map its convolution now applies: the identity in forward, but
     it keeps its buffers (and so its state-dict keys) and is what the convolution reads."""
 
@@ -223,13 +197,25 @@ class _ScaledWeightConv2d(torch.autograd.Function):
         return grad_x, grad_weight, grad_scale, grad_bias, None, None
 
 
-class _ConvThenFrozenBN(nn.Conv2d):
+class ConvFrozenBN(nn.Conv2d):
     """``FrozenBN(conv(x))`` computed as one convolution with the affine folded into the
     weights on every call: ``conv(x, W * s) + (b - mean) * s + beta``. The weight scaling is
     differentiable, so ``W`` trains exactly as before; the activation-sized multiply and add
-    of the norm (and the multiply in its backward) disappear."""
+    of the norm (and the multiply in its backward) disappear.
 
-    _winograd = False  # True on the subclass resdet.layers.winograd.winograd_training_ swaps in
+    Made by :meth:`from_pair` around the convolution's own parameters; the norm (now a
+    :class:`FoldedAwayFrozenBN` in the model, holding its buffers and keys) is read, not
+    registered. ``winograd`` (set by :func:`resdet.layers.winograd.winograd_training_`) runs
+    the convolution through the Winograd kernels where they apply.
+    """
+
+    winograd = False
+
+    @classmethod
+    def from_pair(cls, conv: nn.Conv2d, norm: FoldedAwayFrozenBN) -> ConvFrozenBN:
+        new = conv_sharing(cls, conv)
+        new.__dict__["_frozen_bn"] = norm  # not a child: its keys stay where they were
+        return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn = self.__dict__["_frozen_bn"]
@@ -238,16 +224,21 @@ class _ConvThenFrozenBN(nn.Conv2d):
         bias = shift if self.bias is None else self.bias * scale + shift
         if torch.is_autocast_enabled(x.device.type) or isinstance(self.padding, str):
             return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), bias)
-        winograd = self._winograd and winograd_applies(x, self.weight)
+        winograd = self.winograd and winograd_applies(x, self.weight)
         return _ScaledWeightConv2d.apply(x, self.weight, scale, bias, self, winograd)
 
 
 def _undo_training_fold_(model: nn.Module) -> None:
     undo_winograd_training_(model)  # a copy for inference starts from plain convolutions
-    for m in model.modules():
-        if type(m) is _ConvThenFrozenBN:
-            m.__class__ = nn.Conv2d
-            m.__dict__.pop("_frozen_bn").__class__ = FrozenBatchNorm2d
+
+    def swap(name: str, m: nn.Module) -> Optional[nn.Module]:
+        if type(m) is ConvFrozenBN:
+            return conv_sharing(nn.Conv2d, m)
+        if type(m) is FoldedAwayFrozenBN:
+            return share_buffers(FrozenBatchNorm2d(_channels(m), eps=m.eps), m)
+        return None
+
+    replace_children(model, swap)
 
 
 def fold_frozen_bn_training_(model: nn.Module) -> int:
@@ -258,14 +249,14 @@ def fold_frozen_bn_training_(model: nn.Module) -> int:
     as before), the same outputs and gradients up to float rounding. Only ``FrozenBatchNorm2d``
     qualifies (a trainable BN normalises by batch statistics). Returns the number of pairs.
     """
-    n = 0
+    new: dict = {}
     for conv_name, norm_name in find_conv_bn_pairs(model):
         norm, conv = model.get_submodule(norm_name), model.get_submodule(conv_name)
         if type(norm) is not FrozenBatchNorm2d or type(conv) is not nn.Conv2d:
             continue
-        # Swapping the classes keeps every module object, parameter and buffer in place.
-        conv.__class__ = _ConvThenFrozenBN
-        conv.__dict__["_frozen_bn"] = norm
-        norm.__class__ = _FoldedAwayFrozenBN
-        n += 1
-    return n
+        # New modules around the same parameters and buffers: keys and optimizer unchanged.
+        folded = share_buffers(FoldedAwayFrozenBN(_channels(norm), eps=norm.eps), norm)
+        new[id(norm)] = folded
+        new[id(conv)] = ConvFrozenBN.from_pair(conv, folded)
+    replace_children(model, lambda name, m: new.get(id(m)))
+    return len(new) // 2

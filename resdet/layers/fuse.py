@@ -22,16 +22,19 @@ convolutions: about half of an R50-FPN's multiply-adds) can run as Winograd conv
 through NNPACK (:mod:`resdet.layers.winograd`): ~4x fewer multiplications at a rounding error
 ~1e-5 of the output's range. That pays on AVX2-only CPUs (R50-FPN 1.65x torchvision's speed
 there, against 1.20x without); on AVX-512 CPUs oneDNN's own kernels are faster, and
-evaluation leaves it off there (:func:`~resdet.layers.winograd.winograd_pays`).
+evaluation leaves it off there (:func:`resdet.accel.winograd_pays`).
 
 Only for inference on a folded copy: the fused modules have no autograd formula. Where the
 fused kernel does not apply (no oneDNN, CUDA tensors, fp16 autocast, gradients) every module
 falls back to the plain ops, so a fused model still runs anywhere, just without the gain.
+
+This module holds the kernel only. Which convolutions fuse with what is said by the modules
+that own them (``fuse()`` of the ResNet blocks and stem, the FPN and the RPN head), and
+:func:`resdet.accel.fuse_for_inference` walks a model applying them.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Optional, Tuple
 
 import torch
@@ -39,20 +42,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from resdet.layers.winograd import winograd_available, winograd_conv2d, winograd_shape
-from resdet.modeling.backbone.fpn import FPN
-from resdet.modeling.backbone.resnet import BasicBlock, Bottleneck, ResNet
-from resdet.utils.classes import with_mixin
 
 __all__ = [
-    "FusedBlock",
     "FusedConv2d",
-    "fuse_for_inference",
     "mkldnn_bf16_available",
     "mkldnn_fusion_available",
     "winograd_available",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 def mkldnn_bf16_available() -> bool:
@@ -170,85 +166,3 @@ class FusedConv2d(nn.Module):
         k = tuple(self.weight.shape[2:])
         extra = ", winograd" if self.winograd else ""
         return f"{i}, {o}, kernel={k}, stride={self.stride}, relu={self.relu}{extra}"
-
-
-class FusedBlock(nn.Module):
-    """A folded resdet ``BasicBlock``/``Bottleneck`` as 2-3 fused convolutions.
-
-    Every ReLU rides on its convolution; the last convolution also does the residual add.
-    The shortcut is a fused 1x1 convolution (option B/C projection), kept as is (option A,
-    zero-padding), or the identity.
-    """
-
-    def __init__(self, block: nn.Module, winograd: bool = False) -> None:
-        super().__init__()
-        names = ["conv1", "conv2"] + (["conv3"] if hasattr(block, "conv3") else [])
-        for name in names:
-            if not isinstance(getattr(block, "bn" + name[4:]), nn.Identity):
-                raise ValueError("FusedBlock needs a folded block: run fold_frozen_bn first")
-        convs = [FusedConv2d(getattr(block, n), relu=True, winograd=winograd) for n in names]
-        self.inner = nn.ModuleList(convs[:-1])
-        self.last = convs[-1]
-        self.residual = block.residual
-        ds = block.downsample
-        if isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[1], nn.Identity):
-            ds = FusedConv2d(ds[0], relu=False)
-        self.downsample = ds
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x
-        for conv in self.inner:
-            out = conv(out)
-        if not self.residual:
-            return self.last(out)
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.last(out, identity)
-
-
-class _FusedFPNMixin:
-    """An FPN whose lateral 1x1 convolution adds the top-down map inside its oneDNN call."""
-
-    def _lateral_plus(self, lateral: nn.Module, feat: torch.Tensor, top_down: torch.Tensor):
-        if isinstance(lateral, FusedConv2d):
-            return lateral(feat, top_down)
-        return lateral(feat) + top_down
-
-
-def fuse_for_inference(model: nn.Module, winograd: bool = False) -> nn.Module:
-    """Replace, in place, the convolutions of a *folded* model by fused ones; returns it.
-
-    - every resdet ``BasicBlock``/``Bottleneck`` whose norms were folded -> :class:`FusedBlock`;
-    - a ResNet stem ``conv1`` -> conv + ReLU (the stem's own ReLU then sees non-negative
-      values and changes nothing), an RPN head ``conv`` likewise;
-    - every other ``nn.Conv2d`` -> :class:`FusedConv2d` without ReLU (bias add fused, NHWC);
-    - an FPN adds the top-down map inside its lateral convolution (class swapped in place).
-
-    With ``winograd``, 3x3 stride-1 convolutions of 32+ channels run through NNPACK's
-    Winograd kernels (see the module docstring) where :func:`winograd_available`.
-
-    Also sets ``model.channels_last`` when the model has it (resdet's ``FasterRCNN``), so the
-    input batch starts NHWC. Call on the output of :func:`~resdet.layers.fold.fold_frozen_bn`.
-    """
-    from resdet.modeling.detection.rpn import RPNHead
-
-    blocks = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, (BasicBlock, Bottleneck)) and isinstance(child.bn1, nn.Identity):
-                setattr(parent, name, FusedBlock(child, winograd=winograd))
-                blocks += 1
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Conv2d) and not isinstance(child, FusedConv2d):
-                relu = (isinstance(parent, ResNet) and name == "conv1"
-                        and isinstance(parent.bn1, nn.Identity)) or (
-                    isinstance(parent, RPNHead) and name == "conv")  # fmt: skip
-                setattr(parent, name, FusedConv2d(child, relu=relu, winograd=winograd))
-                if relu:  # the stem's / RPN head's own ReLU would pass over the output again
-                    parent.relu = nn.Identity()
-        if isinstance(parent, FPN):
-            parent.__class__ = with_mixin(_FusedFPNMixin, type(parent), "Fused")
-    if hasattr(model, "channels_last"):
-        model.channels_last = True
-    logger.debug("fused %d residual blocks", blocks)
-    return model

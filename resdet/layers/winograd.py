@@ -21,11 +21,12 @@ Two facts shape how it is called:
 Measured (``BENCHMARKS.md``), 256 channels at 200x336, batch 2: on an AVX2-only CPU forward
 3.1x, forward + backward 2.4x faster than oneDNN's direct convolution. On an AVX-512 CPU with
 AMX oneDNN's forward is as fast as NNPACK's and its NHWC kernels train faster still, so
-evaluation and training use Winograd only where :func:`winograd_pays` (AVX2-only CPUs).
+evaluation and training use Winograd only where :func:`resdet.accel.winograd_pays`
+(AVX2-only CPUs).
 
 :func:`winograd_training_` switches a model's eligible convolutions to this path in place (same
-parameters, state-dict keys and optimizer); :mod:`resdet.layers.fuse` uses the forward for
-inference copies.
+parameters, state-dict keys and optimizer); :class:`resdet.layers.fuse.FusedConv2d` uses the
+forward for inference copies. The decision which path runs is :mod:`resdet.accel`'s.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from resdet.utils.classes import with_mixin
+from resdet.layers.replace import conv_sharing, replace_children
 
 __all__ = [
+    "WinogradConv2d",
     "WinogradConv2dFunction",
     "undo_winograd_training_",
     "winograd_applies",
@@ -47,8 +49,6 @@ __all__ = [
     "winograd_backward",
     "winograd_conv2d",
     "winograd_forward",
-    "winograd_pays",
-    "channels_last_pays_for_training",
     "winograd_shape",
     "winograd_training_",
     "winograd_weight_grad",
@@ -75,26 +75,6 @@ def winograd_available() -> bool:
     needs before the first call.
     """
     return bool(torch.backends.nnpack.is_available()) and torch._C._get_nnpack_enabled()
-
-
-def winograd_pays() -> bool:
-    """Whether NNPACK's Winograd convolutions beat oneDNN on this CPU: where the best vector ISA
-    is AVX2.
-
-    Measured on R50-FPN at 800x1333 (``BENCHMARKS.md``): on an AVX2-only CPU Winograd makes
-    inference 1.65x torchvision's speed against 1.20x without, and the training step 1.61x; on
-    an AVX-512 CPU (with AMX) oneDNN's own kernels are as fast per layer, inference is slower
-    with Winograd (1.30x against 1.68x) and training is fastest channels_last without it
-    (1.42x against 1.26x: :func:`channels_last_pays_for_training`).
-    """
-    return winograd_available() and torch.backends.cpu.get_cpu_capability() == "AVX2"
-
-
-def channels_last_pays_for_training() -> bool:
-    """Whether oneDNN's channels_last (NHWC) kernels are the fastest way to train on this CPU:
-    AVX-512 CPUs (R50-FPN step 1.42x torchvision in NHWC, 1.12x NCHW, 1.26x with Winograd;
-    ``BENCHMARKS.md``). On the AVX2-only CPU measured, NHWC training was slower than NCHW."""
-    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def winograd_shape(conv: nn.Conv2d) -> bool:
@@ -271,17 +251,16 @@ def winograd_conv2d(
     return winograd_forward(x, weight, bias)
 
 
-class _WinogradMixin:
-    """Routes an ``nn.Conv2d`` subclass's ``_conv_forward`` through :func:`winograd_conv2d`
-    (``_winograd`` tells the on-the-fly folded convolution of ``resdet.layers.fold`` to)."""
+class WinogradConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` of :func:`winograd_shape` computed by :func:`winograd_conv2d` (the
+    ordinary convolution wherever the Winograd kernels do not apply: its padding is 1, so
+    ``F.conv2d(x, w, b, 1, 1)`` is the module's own convolution)."""
 
-    _winograd = True
+    winograd = True
 
     def _conv_forward(
         self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     ) -> torch.Tensor:
-        # winograd_shape() held when the class was swapped: F.conv2d(x, w, b, 1, 1) is the
-        # module's own convolution wherever the Winograd kernels do not apply.
         return winograd_conv2d(x, weight, bias)
 
 
@@ -289,20 +268,27 @@ def winograd_training_(model: nn.Module) -> List[str]:
     """Run ``model``'s 3x3 stride-1 convolutions (:func:`winograd_shape`) through
     :class:`WinogradConv2dFunction`, in place; returns their names.
 
-    Only the class of each convolution changes (to a subclass that overrides
-    ``_conv_forward``): parameters, buffers, state-dict keys and an existing optimizer stay as
-    they are, and outputs and gradients agree with ``F.conv2d`` to ~1e-5 relative. Calls the
-    Winograd kernels cannot take (CUDA, autocast, small maps) run ``F.conv2d`` as before, so
-    the switch is safe on any device. Apply after
-    :func:`~resdet.layers.fold.fold_frozen_bn_training_` (it looks for plain ``nn.Conv2d``).
+    A plain ``nn.Conv2d`` is replaced by a :class:`WinogradConv2d` holding the same parameters;
+    a convolution that has a ``winograd`` flag of its own (the on-the-fly folded convolution of
+    :mod:`resdet.layers.fold`) gets the flag set. Parameters, buffers, state-dict keys and an
+    existing optimizer stay as they are, and outputs and gradients agree with ``F.conv2d`` to
+    ~1e-5 relative. Calls the Winograd kernels cannot take (CUDA, autocast, small maps) run
+    ``F.conv2d`` as before, so the switch is safe on any device. Apply after
+    :func:`~resdet.layers.fold.fold_frozen_bn_training_`.
     """
-    from resdet.layers.fold import _ConvThenFrozenBN
-
-    names = []
+    flagged = []
     for name, m in model.named_modules():
-        if type(m) in (nn.Conv2d, _ConvThenFrozenBN) and winograd_shape(m):
-            m.__class__ = with_mixin(_WinogradMixin, type(m), "Winograd")
-            names.append(name)
+        if isinstance(m, nn.Conv2d) and getattr(m, "winograd", None) is False and winograd_shape(m):
+            m.winograd = True
+            flagged.append(name)
+
+    def swap(name: str, m: nn.Module) -> Optional[nn.Module]:
+        if type(m) is nn.Conv2d and winograd_shape(m):
+            return conv_sharing(WinogradConv2d, m)
+        return None
+
+    switched = set(flagged + replace_children(model, swap))
+    names = [n for n, _ in model.named_modules() if n in switched]  # in module order
     logger.debug("Winograd convolutions: %s", names)
     return names
 
@@ -311,7 +297,15 @@ def undo_winograd_training_(model: nn.Module) -> int:
     """Undo :func:`winograd_training_`; returns the number of convolutions restored."""
     n = 0
     for m in model.modules():
-        if isinstance(m, _WinogradMixin):
-            m.__class__ = type(m).__mro__[2]  # (Winograd<cls>, _WinogradMixin, <cls>, ...)
+        if (
+            isinstance(m, nn.Conv2d)
+            and not isinstance(m, WinogradConv2d)
+            and getattr(m, "winograd", False)
+        ):
+            m.winograd = False  # a convolution with a flag of its own (see above)
             n += 1
-    return n
+
+    def swap(name: str, m: nn.Module) -> Optional[nn.Module]:
+        return conv_sharing(nn.Conv2d, m) if type(m) is WinogradConv2d else None
+
+    return n + len(replace_children(model, swap))

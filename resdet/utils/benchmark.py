@@ -54,12 +54,10 @@ import torch
 import torch.nn as nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from resdet.accel import inference_copy, to_channels_last, training_paths_
 from resdet.config import load_config
 from resdet.config.schema import Config
 from resdet.data.shapes import render_scene
-from resdet.layers.fold import fold_frozen_bn, fold_frozen_bn_training_
-from resdet.layers.fuse import fuse_for_inference
-from resdet.layers.winograd import winograd_training_
 
 logger = logging.getLogger(__name__)
 
@@ -268,20 +266,14 @@ class Runner:
         cl = "cl" in spec.mods
         if mode == "infer":
             fuse = bool({"fuse", "wino"} & set(spec.mods))
-            if "fold" in spec.mods or fuse:
-                model = fold_frozen_bn(model, inplace=True)
-            if fuse:
-                model = fuse_for_inference(model, winograd="wino" in spec.mods)
-            model.eval()
+            model = inference_copy(model, fold="fold" in spec.mods, fuse=fuse,
+                                   winograd="wino" in spec.mods, inplace=True)  # fmt: skip
         else:
-            if "fold" in spec.mods:  # on the fly: same parameters and keys, trains as before
-                fold_frozen_bn_training_(model)
-            if "wino" in spec.mods:  # Winograd forward and both gradients, in place
-                winograd_training_(model)
+            # On the fly (same parameters and keys); Winograd forward and both gradients.
+            training_paths_(model, fold="fold" in spec.mods, winograd="wino" in spec.mods)
             model.train()
         if cl:
-            model = model.to(memory_format=torch.channels_last)
-            model.channels_last = True
+            model = to_channels_last(model)
         if "compile" in spec.mods:
             import torch._inductor.config as inductor_config
 

@@ -285,10 +285,11 @@ def coco_ap(
 ) -> Dict[str, float]:
     """COCO AP of a trained checkpoint on the first ``num_images`` of ``dataset`` (default:
     its config's test set), in fp32 (``dtype`` None) or under autocast with ``dtype``, of the
-    model evaluation runs (:func:`~resdet.engine.detection.inference_model`)."""
+    model evaluation runs (:func:`~resdet.accel.inference_model`)."""
+    from resdet.accel import inference_model
     from resdet.config import config_from_dict
     from resdet.engine.checkpoint import load_checkpoint, load_model_weights
-    from resdet.engine.detection import evaluate_detector, inference_model, load_detection_data
+    from resdet.engine.detection import evaluate_detector, load_detection_data
     from resdet.modeling.detection.build import build_detector
 
     cfg = config_from_dict(load_checkpoint(weights)["config"], weights)

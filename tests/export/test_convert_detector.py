@@ -8,9 +8,9 @@ import torch
 import torchvision
 
 from resdet import Predictor
+from resdet.accel import inference_model
 from resdet.config.load import config_from_dict
 from resdet.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from resdet.engine.detection import inference_model
 from resdet.export.convert import ConversionError, convert_weights
 from resdet.export.convert_detector import coco_categories
 from resdet.modeling.detection.build import build_detector

@@ -13,13 +13,13 @@ from torchvision.models import resnet18
 from torchvision.ops import box_iou
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from resdet.accel import inference_copy
 from resdet.config import load_config
 from resdet.layers.fold import (
     find_conv_bn_pairs,
     fold_conv_bn_,
     fold_frozen_bn,
     fold_frozen_bn_training_,
-    inference_copy,
 )
 from resdet.modeling.backbone.resnet import ResNet
 from resdet.modeling.detection.build import build_detector

@@ -12,11 +12,10 @@ import torch.nn.functional as F
 from test_fold import assert_same_detections, tiny_detector
 from test_winograd import count_nnpack_calls
 
-from resdet.layers.fold import fold_frozen_bn, inference_copy
+from resdet.accel import fuse_for_inference, inference_copy
+from resdet.layers.fold import fold_frozen_bn
 from resdet.layers.fuse import (
-    FusedBlock,
     FusedConv2d,
-    fuse_for_inference,
     mkldnn_bf16_available,
     mkldnn_fusion_available,
     winograd_available,
@@ -83,11 +82,13 @@ def test_fused_conv_under_bf16_autocast(relu, residual):
 def test_fused_block_needs_a_folded_block():
     block = Bottleneck(16, 4, norm="FrozenBN").eval()
     with pytest.raises(ValueError, match="fold_frozen_bn"):
-        FusedBlock(block)
-    folded = fold_frozen_bn(block)
+        block.fuse()
+    fused = fold_frozen_bn(block)
+    fused.fuse()
+    assert fused.fused and not block.fused
     x = torch.randn(1, 16, 8, 8)
     with torch.inference_mode():
-        torch.testing.assert_close(FusedBlock(folded)(x), block(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fused(x), block(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["fpn", "c4"])
@@ -97,10 +98,10 @@ def test_fused_detector_gives_the_same_detections(kind):
     assert fused.channels_last
     assert not any(type(m) is nn.Conv2d for m in fused.modules())
     if kind == "c4":
-        assert isinstance(fused.roi_heads.box_head.res5[0], FusedBlock)
+        assert fused.roi_heads.box_head.res5[0].fused
     else:  # the top-down add rides on the lateral convolution
-        assert type(fused.backbone).__name__ == "FusedFPN"
-        assert type(model.backbone).__name__ == "FPN"
+        assert fused.backbone.fused and isinstance(fused.backbone.lateral[0], FusedConv2d)
+        assert not model.backbone.fused
     # ReLUs that now run inside their convolution are gone
     assert isinstance(fused.rpn.head.relu, nn.Identity)
     assert isinstance(model.rpn.head.relu, nn.ReLU)
@@ -111,8 +112,10 @@ def test_fused_detector_gives_the_same_detections(kind):
 def test_inference_copy_with_fuse_leaves_the_model_alone():
     model, inputs = tiny_detector("fpn")
     fast = inference_copy(model, fuse=True)
-    assert isinstance(fast.backbone.bottom_up.layer1[0], FusedBlock)
-    assert isinstance(model.backbone.bottom_up.layer1[0], BasicBlock)  # R18's, unfused
+    assert isinstance(fast.backbone.bottom_up.layer1[0], BasicBlock)  # R18's, fused
+    assert fast.backbone.bottom_up.layer1[0].fused
+    assert not model.backbone.bottom_up.layer1[0].fused
+    assert type(model.backbone.bottom_up.layer1[0].conv1) is nn.Conv2d
     with torch.inference_mode():
         assert_same_detections(model(inputs)[0], fast(inputs)[0], atol=1e-4)
 

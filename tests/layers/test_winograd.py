@@ -13,7 +13,8 @@ import torch.nn.functional as F
 # pytest puts this folder on sys.path (rootdir-relative "prepend" import mode).
 from test_fold import tiny_detector
 
-from resdet.layers.fold import fold_frozen_bn_training_, inference_copy
+from resdet.accel import inference_copy
+from resdet.layers.fold import fold_frozen_bn_training_
 from resdet.layers.winograd import (
     WINOGRAD_MIN_SIZE,
     WinogradConv2dFunction,
@@ -176,8 +177,8 @@ def test_switch_leaves_other_convolutions_alone():
 def test_training_path_follows_the_cpu(capability, expected, monkeypatch):
     # AVX2-only: Winograd (NNPACK beats oneDNN); AVX-512: oneDNN's NHWC kernels; each key
     # switches its own path off, and MODEL.CHANNELS_LAST already is NHWC.
+    from resdet.accel import cpu_training_path
     from resdet.config import Config
-    from resdet.engine.detection import cpu_training_path
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     cfg, cpu = Config(), torch.device("cpu")
@@ -193,8 +194,8 @@ def test_training_path_follows_the_cpu(capability, expected, monkeypatch):
 @pytest.mark.parametrize("capability,expected", [("AVX2", True), ("AVX512", False)])
 def test_evaluation_uses_winograd_where_it_beats_onednn(capability, expected, monkeypatch):
     # TEST.WINOGRAD asks for it; the CPU decides (AVX-512: oneDNN's kernels are faster).
+    from resdet.accel import inference_model
     from resdet.config import Config
-    from resdet.engine.detection import inference_model
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     model, _ = tiny_detector("fpn")

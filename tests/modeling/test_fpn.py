@@ -27,7 +27,7 @@ STAGES = ["res2", "res3", "res4", "res5"]
 def _fpn(out_channels: int = 16) -> FPN:
     torch.manual_seed(0)
     trunk = ResNet(depth=18, width=16, num_classes=0, out_features=STAGES)
-    return FPN(trunk, out_channels)
+    return FPN(trunk, out_channels=out_channels)
 
 
 def test_outputs_match_output_shape() -> None:

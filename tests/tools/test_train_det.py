@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+from resdet.accel import channels_last_pays_for_training, winograd_pays
 from resdet.data.shapes import generate_shapes
-from resdet.layers.winograd import channels_last_pays_for_training, winograd_pays
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_BASE = os.path.join(ROOT, "tests", "configs", "tiny_fpn.yaml")

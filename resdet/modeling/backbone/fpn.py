@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from resdet.layers.fuse import FusedConv2d
 from resdet.modeling.backbone.base import Backbone, ShapeSpec
 from resdet.modeling.backbone.resnet import ResNet
 
@@ -21,8 +22,9 @@ class FPN(Backbone):
     """
 
     size_divisibility = 32
+    fused = False  # set by fuse()
 
-    def __init__(self, bottom_up: ResNet, out_channels: int = 256) -> None:
+    def __init__(self, bottom_up: ResNet, *, out_channels: int = 256) -> None:
         super().__init__()
         self.bottom_up = bottom_up
         shapes = bottom_up.output_shape()
@@ -47,9 +49,17 @@ class FPN(Backbone):
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return dict(self._shapes)
 
-    def _lateral_plus(self, lateral: nn.Module, feat: torch.Tensor, top_down: torch.Tensor):
-        """``lateral(feat) + top_down`` (a fused inference copy adds inside the convolution)."""
-        return lateral(feat) + top_down
+    def fuse(self, winograd: bool = False) -> None:
+        """For inference, in place: the lateral and output convolutions become
+        :class:`~resdet.layers.fuse.FusedConv2d` (bias add fused, NHWC; ``winograd`` for the 3x3
+        outputs where it applies), and each lateral convolution adds the top-down map inside
+        its oneDNN call."""
+        if self.fused:
+            return
+        for convs in (self.lateral, self.output):
+            for i, conv in enumerate(convs):
+                convs[i] = FusedConv2d(conv, relu=False, winograd=winograd)
+        self.fused = True
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         bottom = self.bottom_up(x)
@@ -60,7 +70,7 @@ class FPN(Backbone):
             feats[-2::-1], list(self.lateral)[-2::-1], list(self.output)[-2::-1]
         ):
             top_down = F.interpolate(prev, size=feat.shape[-2:], mode="nearest")
-            prev = self._lateral_plus(lateral, feat, top_down)
+            prev = lateral(feat, top_down) if self.fused else lateral(feat) + top_down
             outs.insert(0, output(prev))
         result = {f"p{i + 2}": o for i, o in enumerate(outs)}
         result["p6"] = F.max_pool2d(outs[-1], kernel_size=1, stride=2)

@@ -22,8 +22,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from resdet.layers.fuse import FusedConv2d
 from resdet.layers.norm import freeze_batchnorm, get_norm
 from resdet.modeling.backbone.base import Backbone, ShapeSpec
+from resdet.modeling.backbone.blocks import BasicBlock, Bottleneck, ZeroPadShortcut
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "ZeroPadShortcut", "build_resnet"]
 
 IMAGENET_DEPTHS: Dict[int, Tuple[str, Tuple[int, ...]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -34,114 +38,6 @@ IMAGENET_DEPTHS: Dict[int, Tuple[str, Tuple[int, ...]]] = {
 }
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 SHORTCUTS = ("A", "B", "C")
-
-
-class ZeroPadShortcut(nn.Module):
-    """Option A: identity, subsampled by ``stride``, with extra channels filled by zeros."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
-        super().__init__()
-        self.extra = out_channels - in_channels
-        self.stride = stride
-        if self.extra < 0:
-            raise ValueError("option A cannot reduce channels; use shortcut B or C")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride > 1:
-            x = x[:, :, :: self.stride, :: self.stride]
-        if self.extra:
-            x = F.pad(x, (0, 0, 0, 0, 0, self.extra))
-        return x
-
-
-def _shortcut(
-    kind: Optional[str], in_ch: int, out_ch: int, stride: int, norm: str
-) -> Optional[nn.Module]:
-    """The ``downsample`` branch of a block, or None for identity / plain nets."""
-    changes = stride != 1 or in_ch != out_ch
-    if kind is None or (kind in ("A", "B") and not changes):
-        return None
-    if kind == "A":
-        return ZeroPadShortcut(in_ch, out_ch, stride)
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), get_norm(norm, out_ch)
-    )
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 convs (Fig. 2 left). ``shortcut=None`` makes the plain block."""
-
-    expansion = 1
-
-    def __init__(
-        self,
-        in_ch: int,
-        width: int,
-        stride: int = 1,
-        norm: str = "BN",
-        shortcut: Optional[str] = "B",
-        stride_in_1x1: bool = False,
-    ) -> None:
-        super().__init__()
-        out_ch = width * self.expansion
-        self.conv1 = nn.Conv2d(in_ch, width, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = get_norm(norm, width)
-        self.conv2 = nn.Conv2d(width, out_ch, 3, padding=1, bias=False)
-        self.bn2 = get_norm(norm, out_ch)
-        self.residual = shortcut is not None
-        self.downsample = _shortcut(shortcut, in_ch, out_ch, stride, norm)
-
-    def last_norm(self) -> nn.Module:
-        return self.bn2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        out = self.bn2(self.conv2(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return F.relu(out, inplace=True)
-
-
-class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3, 1x1 expand (Fig. 5 right). ``shortcut=None`` makes the plain block.
-
-    ``stride_in_1x1`` puts the stride in the first 1x1 as the original MSRA/Caffe models do;
-    otherwise it sits in the 3x3 (torchvision, "ResNet v1.5"), which is slightly more accurate.
-    """
-
-    expansion = 4
-
-    def __init__(
-        self,
-        in_ch: int,
-        width: int,
-        stride: int = 1,
-        norm: str = "BN",
-        shortcut: Optional[str] = "B",
-        stride_in_1x1: bool = False,
-    ) -> None:
-        super().__init__()
-        out_ch = width * self.expansion
-        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = nn.Conv2d(in_ch, width, 1, stride=s1, bias=False)
-        self.bn1 = get_norm(norm, width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=s3, padding=1, bias=False)
-        self.bn2 = get_norm(norm, width)
-        self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
-        self.bn3 = get_norm(norm, out_ch)
-        self.residual = shortcut is not None
-        self.downsample = _shortcut(shortcut, in_ch, out_ch, stride, norm)
-
-    def last_norm(self) -> nn.Module:
-        return self.bn3
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
-        out = self.bn3(self.conv3(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return F.relu(out, inplace=True)
 
 
 class ResNet(Backbone):
@@ -172,6 +68,7 @@ class ResNet(Backbone):
     def __init__(
         self,
         depth: int = 50,
+        *,
         stem: str = "imagenet",
         plain: bool = False,
         shortcut: str = "B",
@@ -200,7 +97,7 @@ class ResNet(Backbone):
             self.maxpool = nn.Identity()
             stride = 1
         self.bn1 = get_norm(norm, width)
-        self.relu: nn.Module = nn.ReLU(inplace=True)  # a fused inference copy drops it
+        self.relu: nn.Module = nn.ReLU(inplace=True)  # fuse() moves it into conv1
         self._shapes: Dict[str, ShapeSpec] = {"stem": ShapeSpec(width, stride)}
 
         in_ch = width
@@ -308,6 +205,13 @@ class ResNet(Backbone):
                 for p in stage.parameters():
                     p.requires_grad_(False)
                 freeze_batchnorm(stage)
+
+    def fuse(self, winograd: bool = False) -> None:
+        """For inference, in place: a stem whose norm was folded runs conv + bias + ReLU as
+        one :class:`~resdet.layers.fuse.FusedConv2d` (the blocks fuse themselves)."""
+        if isinstance(self.bn1, nn.Identity) and type(self.conv1) is nn.Conv2d:
+            self.conv1 = FusedConv2d(self.conv1, relu=True, winograd=winograd)
+            self.relu = nn.Identity()  # the ReLU now runs inside conv1
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         shapes = {n: s for n, s in self._shapes.items() if n in self.out_features}

@@ -57,9 +57,9 @@ class AnchorGenerator(nn.Module):
     def __init__(
         self,
         sizes: Sequence[Sequence[float]],
+        *,
         aspect_ratios: Sequence[float],
         strides: Sequence[int],
-        *,
         round_anchors: bool = False,
         stride_from_input: bool = False,
     ) -> None:

@@ -35,8 +35,9 @@ class C4BoxHead(nn.Module):
     def __init__(
         self,
         in_feature: str,
-        stride: int,
         res5: nn.Module,
+        *,
+        stride: int,
         out_channels: int,
         resolution: int = 14,
         sampling_ratio: int = 0,
@@ -82,6 +83,7 @@ class FPNBoxHead(nn.Module):
     def __init__(
         self,
         in_features: Sequence[str],
+        *,
         in_channels: int,
         first_stride: int,
         resolution: int = 7,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Tuple
 
-import torch
-
 from resdet.config.schema import Config
 from resdet.modeling.backbone.base import Backbone
 from resdet.modeling.backbone.fpn import FPN
@@ -33,7 +31,7 @@ def _resnet_fpn(cfg: Config) -> Backbone:
     trunk = build_resnet(
         cfg.MODEL.BACKBONE, num_classes=0, out_features=["res2", "res3", "res4", "res5"]
     )
-    return FPN(trunk, cfg.MODEL.FPN.OUT_CHANNELS)
+    return FPN(trunk, out_channels=cfg.MODEL.FPN.OUT_CHANNELS)
 
 
 def _aligned(cfg: Config, head_default: bool) -> bool:
@@ -51,9 +49,9 @@ def _c4_head(cfg: Config, backbone: Backbone) -> C4BoxHead:
     res5 = backbone.stage("res5")
     return C4BoxHead(
         name,
-        shape.stride,
         res5,
-        backbone.stage_channels("res5"),
+        stride=shape.stride,
+        out_channels=backbone.stage_channels("res5"),
         resolution=r.POOLER_RESOLUTION,
         sampling_ratio=r.POOLER_SAMPLING_RATIO,
         pooler_type=r.POOLER_TYPE,
@@ -73,8 +71,8 @@ def _fpn_head(cfg: Config, backbone: Backbone) -> FPNBoxHead:
     first = shapes[r.IN_FEATURES[0]]
     return FPNBoxHead(
         r.IN_FEATURES,
-        first.channels,
-        first.stride,
+        in_channels=first.channels,
+        first_stride=first.stride,
         resolution=r.POOLER_RESOLUTION,
         sampling_ratio=r.POOLER_SAMPLING_RATIO,
         fc_dim=r.FC_DIM,
@@ -98,14 +96,14 @@ def _rpn(cfg: Config, backbone: Backbone) -> RPN:
     a = cfg.MODEL.ANCHOR
     anchors = AnchorGenerator(
         a.SIZES,
-        a.ASPECT_RATIOS,
-        [shapes[f].stride for f in r.IN_FEATURES],
+        aspect_ratios=a.ASPECT_RATIOS,
+        strides=[shapes[f].stride for f in r.IN_FEATURES],
         round_anchors=a.ROUND,
         stride_from_input=a.STRIDE_FROM_INPUT,
     )
     return RPN(
         r.IN_FEATURES,
-        RPNHead(channels.pop(), anchors.num_anchors),
+        RPNHead(channels.pop(), num_anchors=anchors.num_anchors),
         anchors,
         BoxCoder(r.BBOX_REG_WEIGHTS),
         Matcher([r.BG_IOU_THRESHOLD, r.FG_IOU_THRESHOLD], allow_low_quality_matches=True),
@@ -127,7 +125,7 @@ def _roi_heads(cfg: Config, backbone: Backbone) -> ROIHeads:
     box_head = BOX_HEADS.get(r.NAME)(cfg, backbone)
     return ROIHeads(
         box_head,
-        BoxPredictor(box_head.out_channels, r.NUM_CLASSES, fp32=r.FP32_BOX_PREDICTOR),
+        BoxPredictor(box_head.out_channels, num_classes=r.NUM_CLASSES, fp32=r.FP32_BOX_PREDICTOR),
         r.NUM_CLASSES,
         BoxCoder(r.BBOX_REG_WEIGHTS),
         Matcher([r.IOU_THRESHOLD, r.IOU_THRESHOLD]),
@@ -167,8 +165,6 @@ def build_detector(cfg: Config) -> FasterRCNN:
         channels_last=cfg.MODEL.CHANNELS_LAST,
         pixel_scale=cfg.MODEL.PIXEL_SCALE,
     )
-    if cfg.MODEL.CHANNELS_LAST:
-        model = model.to(memory_format=torch.channels_last)
     return model
 
 

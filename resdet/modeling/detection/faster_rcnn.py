@@ -58,6 +58,21 @@ class FasterRCNN(nn.Module):
         self.pixel_scale = float(pixel_scale)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
+        if channels_last:
+            self.use_channels_last()
+
+    def use_channels_last(self, weights: bool = True) -> FasterRCNN:
+        """Run NHWC (channels_last), in place; returns the model.
+
+        The input batch is made channels_last in :meth:`preprocess`, so every convolution sees
+        NHWC. ``weights``: also convert the parameters and buffers (their objects stay, so an
+        optimizer keeps working); a fused inference copy passes ``False``, its convolutions
+        keep the layout their kernels read (:class:`~resdet.layers.fuse.FusedConv2d`).
+        """
+        if weights:
+            self.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
 
     @property
     def resnet(self) -> ResNet:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
 from resdet.modeling.detection.box_coder import BoxCoder
-from resdet.modeling.detection.rpn import box_regression_loss
+from resdet.modeling.detection.losses import box_regression_loss
 from resdet.modeling.detection.sampling import IGNORE, POSITIVE, Matcher, subsample_labels
 
 
@@ -26,7 +26,7 @@ class BoxPredictor(nn.Module):
     final deltas costs box precision (measured ~1.5 AP on the embedded demo set).
     """
 
-    def __init__(self, in_dim: int, num_classes: int, fp32: bool = True) -> None:
+    def __init__(self, in_dim: int, *, num_classes: int, fp32: bool = True) -> None:
         super().__init__()
         self.cls_score = nn.Linear(in_dim, num_classes + 1)
         self.bbox_pred = nn.Linear(in_dim, num_classes * 4)

@@ -15,35 +15,36 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
+from resdet.layers.fuse import FusedConv2d
 from resdet.modeling.detection.anchors import AnchorGenerator
 from resdet.modeling.detection.box_coder import BoxCoder
+from resdet.modeling.detection.losses import box_regression_loss
 from resdet.modeling.detection.sampling import IGNORE, POSITIVE, Matcher, subsample_labels
-
-
-def box_regression_loss(
-    pred: torch.Tensor, target: torch.Tensor, loss_type: str, beta: float
-) -> torch.Tensor:
-    """Summed smooth-L1 (``beta`` > 0) or L1 loss between ``[M, 4]`` deltas."""
-    if loss_type == "smooth_l1" and beta > 0:
-        return F.smooth_l1_loss(pred, target, beta=beta, reduction="sum")
-    if loss_type in ("smooth_l1", "l1"):
-        return F.l1_loss(pred, target, reduction="sum")
-    raise ValueError(f"unknown box loss '{loss_type}'; use 'smooth_l1' or 'l1'")
 
 
 class RPNHead(nn.Module):
     """Shared across levels: 3x3 conv + ReLU, then objectness ``[N, A, H, W]`` and deltas
     ``[N, 4A, H, W]``."""
 
-    def __init__(self, in_channels: int, num_anchors: int) -> None:
+    def __init__(self, in_channels: int, *, num_anchors: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
-        self.relu = nn.ReLU()  # a module: the fused inference copy runs it inside ``conv``
+        self.relu: nn.Module = nn.ReLU()  # a module: fuse() moves it inside ``conv``
         self.objectness = nn.Conv2d(in_channels, num_anchors, 1)
         self.deltas = nn.Conv2d(in_channels, num_anchors * 4, 1)
         for layer in (self.conv, self.objectness, self.deltas):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.zeros_(layer.bias)
+
+    def fuse(self, winograd: bool = False) -> None:
+        """For inference, in place: every convolution becomes a
+        :class:`~resdet.layers.fuse.FusedConv2d`, the 3x3 one with the ReLU inside."""
+        if isinstance(self.conv, FusedConv2d):
+            return  # fused already
+        self.conv = FusedConv2d(self.conv, relu=True, winograd=winograd)
+        self.relu = nn.Identity()
+        self.objectness = FusedConv2d(self.objectness, relu=False, winograd=winograd)
+        self.deltas = FusedConv2d(self.deltas, relu=False, winograd=winograd)
 
     def forward(
         self, features: Sequence[torch.Tensor]

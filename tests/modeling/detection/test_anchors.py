@@ -34,7 +34,7 @@ def test_cell_anchor_order_is_size_major() -> None:
 
 def test_grid_anchors_hand_computed() -> None:
     # A 2x3 map (H=2, W=3) at stride 16 with two square anchors (sizes 16 and 32).
-    gen = AnchorGenerator([[16, 32]], [1.0], [16])
+    gen = AnchorGenerator([[16, 32]], aspect_ratios=[1.0], strides=[16])
     (anchors,) = gen.grid_anchors([(2, 3)])
     expected = []
     for y in range(2):
@@ -47,7 +47,7 @@ def test_grid_anchors_hand_computed() -> None:
 
 
 def test_multi_level_counts_and_forward() -> None:
-    gen = AnchorGenerator([[32], [64], [128]], [0.5, 1.0, 2.0], [4, 8, 16])
+    gen = AnchorGenerator([[32], [64], [128]], aspect_ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16])
     feats = [torch.zeros(2, 8, 16, 12), torch.zeros(2, 8, 8, 6), torch.zeros(2, 8, 4, 3)]
     anchors = gen(feats)
     assert [len(a) for a in anchors] == [16 * 12 * 3, 8 * 6 * 3, 4 * 3 * 3]
@@ -62,10 +62,10 @@ def test_multi_level_counts_and_forward() -> None:
 
 
 def test_single_size_list_broadcasts_and_mismatch_errors() -> None:
-    gen = AnchorGenerator([[32, 64]], [1.0], [8, 16])
+    gen = AnchorGenerator([[32, 64]], aspect_ratios=[1.0], strides=[8, 16])
     a8, a16 = gen.grid_anchors([(1, 1), (1, 1)])
     torch.testing.assert_close(a8, a16)
     with pytest.raises(ValueError, match="SIZES has 2 levels but the RPN reads 3"):
-        AnchorGenerator([[32], [64]], [1.0], [4, 8, 16])
+        AnchorGenerator([[32], [64]], aspect_ratios=[1.0], strides=[4, 8, 16])
     with pytest.raises(ValueError, match="same number of anchor sizes"):
-        AnchorGenerator([[32], [64, 128]], [1.0], [4, 8])
+        AnchorGenerator([[32], [64, 128]], aspect_ratios=[1.0], strides=[4, 8])

@@ -32,9 +32,10 @@ SIZES = [(64, 64), (64, 48)]
 
 def _fpn_heads(batch: int = 32, thresh: float = 0.05, dets: int = 10) -> ROIHeads:
     torch.manual_seed(0)
-    box_head = FPNBoxHead(["p2", "p3"], 8, 4, resolution=7, fc_dim=32)
+    box_head = FPNBoxHead(["p2", "p3"], in_channels=8, first_stride=4, resolution=7, fc_dim=32)
     return ROIHeads(
-        box_head, BoxPredictor(32, K), K, BoxCoder((10.0, 10.0, 5.0, 5.0)), Matcher([0.5, 0.5]),
+        box_head, BoxPredictor(32, num_classes=K), K, BoxCoder((10.0, 10.0, 5.0, 5.0)),
+        Matcher([0.5, 0.5]),
         batch_size_per_image=batch, positive_fraction=0.25, score_thresh=thresh,
         detections_per_image=dets,
     )  # fmt: skip
@@ -43,9 +44,12 @@ def _fpn_heads(batch: int = 32, thresh: float = 0.05, dets: int = 10) -> ROIHead
 def _c4_heads(pooler: str = "ROIAlign") -> ROIHeads:
     torch.manual_seed(0)
     trunk = ResNet(depth=18, width=8, num_classes=0, out_features=["res4"])
-    box_head = C4BoxHead("res4", 16, trunk.stage("res5"), 64, resolution=14, pooler_type=pooler)
+    box_head = C4BoxHead(
+        "res4", trunk.stage("res5"), stride=16, out_channels=64, resolution=14, pooler_type=pooler
+    )
     heads = ROIHeads(
-        box_head, BoxPredictor(64, K), K, BoxCoder((10.0, 10.0, 5.0, 5.0)), Matcher([0.5, 0.5]),
+        box_head, BoxPredictor(64, num_classes=K), K, BoxCoder((10.0, 10.0, 5.0, 5.0)),
+        Matcher([0.5, 0.5]),
         batch_size_per_image=16,
     )  # fmt: skip
     heads.trunk = trunk  # keep res5's owner alive and in train/eval mode with the heads
@@ -179,7 +183,7 @@ def test_c4_roipool_and_roialign() -> None:
     # res5 is borrowed, not registered: its parameters stay the backbone's.
     assert not any(k.startswith("box_head.res5") for k in _c4_heads().state_dict())
     with pytest.raises(ValueError, match="POOLER_TYPE"):
-        C4BoxHead("res4", 16, torch.nn.Identity(), 8, pooler_type="ROIMax")
+        C4BoxHead("res4", torch.nn.Identity(), stride=16, out_channels=8, pooler_type="ROIMax")
 
 
 def test_no_rois_at_all_gives_zero_not_nan() -> None:

@@ -30,10 +30,10 @@ SIZES = [(128, 128), (96, 120)]  # (h, w) of each image before padding to 128x12
 
 def _rpn(post_nms=(50, 20), stride: int = 16) -> RPN:
     torch.manual_seed(0)
-    anchors = AnchorGenerator([[32, 64]], [0.5, 1.0, 2.0], [stride])
+    anchors = AnchorGenerator([[32, 64]], aspect_ratios=[0.5, 1.0, 2.0], strides=[stride])
     return RPN(
         ["res4"],
-        RPNHead(16, anchors.num_anchors),
+        RPNHead(16, num_anchors=anchors.num_anchors),
         anchors,
         BoxCoder(),
         Matcher([0.3, 0.7], allow_low_quality_matches=True),

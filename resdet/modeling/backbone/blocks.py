@@ -1,0 +1,177 @@
+"""The residual blocks of He et al. 2015: basic (Fig. 2 left) and bottleneck (Fig. 5 right),
+with the shortcut options of Sec. 3.3 (A zero-padded identity, B/C projections) and the plain
+twins (no shortcut). Module names follow torchvision (``conv1..3``, ``bn1..3``, ``downsample``).
+
+Each block also says how it fuses for inference (:meth:`_Block.fuse`), which
+:func:`resdet.accel.fuse_for_inference` applies.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from resdet.layers.fuse import FusedConv2d
+from resdet.layers.norm import get_norm
+
+__all__ = ["BasicBlock", "Bottleneck", "ZeroPadShortcut"]
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A: identity, subsampled by ``stride``, with extra channels filled by zeros."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.extra = out_channels - in_channels
+        self.stride = stride
+        if self.extra < 0:
+            raise ValueError("option A cannot reduce channels; use shortcut B or C")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.extra:
+            x = F.pad(x, (0, 0, 0, 0, 0, self.extra))
+        return x
+
+
+def _shortcut(
+    kind: Optional[str], in_ch: int, out_ch: int, stride: int, norm: str
+) -> Optional[nn.Module]:
+    """The ``downsample`` branch of a block, or None for identity / plain nets."""
+    changes = stride != 1 or in_ch != out_ch
+    if kind is None or (kind in ("A", "B") and not changes):
+        return None
+    if kind == "A":
+        return ZeroPadShortcut(in_ch, out_ch, stride)
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), get_norm(norm, out_ch)
+    )
+
+
+class _Block(nn.Module):
+    """What the basic and bottleneck blocks share: convolutions ``conv1..convK`` each followed
+    by ``bn1..bnK``, the shortcut join, and fusing for inference.
+
+    :meth:`fuse` (on a block whose norms :func:`~resdet.layers.fold.fold_frozen_bn` folded
+    into the convolutions) turns every convolution into a
+    :class:`~resdet.layers.fuse.FusedConv2d` that also applies the ReLU and, for the last one,
+    the residual add; ``forward`` then calls them instead of conv, norm, add and ReLU.
+    """
+
+    num_convs = 2
+    fused = False  # set by fuse(): forward runs the fused convolutions
+
+    def norms(self) -> List[nn.Module]:
+        return [getattr(self, f"bn{k}") for k in range(1, self.num_convs + 1)]
+
+    def can_fuse(self) -> bool:
+        """Whether :meth:`fuse` applies: every norm folded into its convolution."""
+        return not self.fused and all(isinstance(n, nn.Identity) for n in self.norms())
+
+    def fuse(self, winograd: bool = False) -> None:
+        """Fuse conv + bias + ReLU (+ residual add) for inference, in place (see the class).
+
+        A projection shortcut ``Sequential(conv, folded norm)`` becomes one fused convolution;
+        option A (zero padding) and the identity stay. ``winograd``: 3x3 stride-1 convolutions
+        run as Winograd convolutions where they can (:class:`~resdet.layers.fuse.FusedConv2d`).
+        """
+        if not self.can_fuse():
+            raise ValueError(f"{type(self).__name__}.fuse needs a folded block: run fold_frozen_bn")
+        for k in range(1, self.num_convs + 1):
+            conv = getattr(self, f"conv{k}")
+            setattr(self, f"conv{k}", FusedConv2d(conv, relu=True, winograd=winograd))
+        ds = self.downsample
+        if isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[1], nn.Identity):
+            self.downsample = FusedConv2d(ds[0], relu=False)
+        self.fused = True
+
+    def _conv_norm_relu(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        conv = getattr(self, f"conv{k}")
+        if self.fused:
+            return conv(x)  # ReLU inside, norm folded
+        return F.relu(getattr(self, f"bn{k}")(conv(x)), inplace=True)
+
+    def _shortcut_join(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The last convolution and norm on ``out``, plus the shortcut of ``x``, then ReLU."""
+        conv, norm = getattr(self, f"conv{self.num_convs}"), self.norms()[-1]
+        if self.fused:
+            identity = None
+            if self.residual:
+                identity = x if self.downsample is None else self.downsample(x)
+            return conv(out, identity)  # add and ReLU inside the convolution
+        out = norm(conv(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return F.relu(out, inplace=True)
+
+    def last_norm(self) -> nn.Module:
+        return self.norms()[-1]
+
+
+class BasicBlock(_Block):
+    """Two 3x3 convs (Fig. 2 left). ``shortcut=None`` makes the plain block."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        in_ch: int,
+        width: int,
+        *,
+        stride: int = 1,
+        norm: str = "BN",
+        shortcut: Optional[str] = "B",
+        stride_in_1x1: bool = False,
+    ) -> None:
+        super().__init__()
+        out_ch = width * self.expansion
+        self.conv1 = nn.Conv2d(in_ch, width, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = get_norm(norm, width)
+        self.conv2 = nn.Conv2d(width, out_ch, 3, padding=1, bias=False)
+        self.bn2 = get_norm(norm, out_ch)
+        self.residual = shortcut is not None
+        self.downsample = _shortcut(shortcut, in_ch, out_ch, stride, norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._shortcut_join(self._conv_norm_relu(1, x), x)
+
+
+class Bottleneck(_Block):
+    """1x1 reduce, 3x3, 1x1 expand (Fig. 5 right). ``shortcut=None`` makes the plain block.
+
+    ``stride_in_1x1`` puts the stride in the first 1x1 as the original MSRA/Caffe models do;
+    otherwise it sits in the 3x3 (torchvision, "ResNet v1.5"), which is slightly more accurate.
+    """
+
+    expansion = 4
+    num_convs = 3
+
+    def __init__(
+        self,
+        in_ch: int,
+        width: int,
+        *,
+        stride: int = 1,
+        norm: str = "BN",
+        shortcut: Optional[str] = "B",
+        stride_in_1x1: bool = False,
+    ) -> None:
+        super().__init__()
+        out_ch = width * self.expansion
+        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = nn.Conv2d(in_ch, width, 1, stride=s1, bias=False)
+        self.bn1 = get_norm(norm, width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=s3, padding=1, bias=False)
+        self.bn2 = get_norm(norm, width)
+        self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
+        self.bn3 = get_norm(norm, out_ch)
+        self.residual = shortcut is not None
+        self.downsample = _shortcut(shortcut, in_ch, out_ch, stride, norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._conv_norm_relu(2, self._conv_norm_relu(1, x))
+        return self._shortcut_join(out, x)
