@@ -45,6 +45,7 @@ def test_quick_run_writes_report_figures_and_resumes(tmp_path):
     steps = ["data", *[s for r in RUNS for s in (r, f"{r}_responses")], "report"]
     assert sorted(summary["steps"]) == sorted(steps)
     assert all(s["status"] == "ran" for s in summary["steps"].values())
+    assert all(summary["steps"][r]["cpu_seconds"] > 0 for r in RUNS)
     assert sorted(summary["runs"]) == sorted(RUNS)
     for name, run in summary["runs"].items():
         depth = int(name.split("-")[1])
