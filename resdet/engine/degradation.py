@@ -170,7 +170,7 @@ def measure_responses(cfg: Config, num_images: int) -> Dict[str, Any]:
     indices = np.unique(np.linspace(0, n - 1, min(num_images, n)).round().astype(int))
     loader = DataLoader(Subset(val, indices.tolist()), batch_size=cfg.TEST.IMS_PER_BATCH)
     model = build_classifier(cfg)
-    load_model_weights(model, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), log=False)
+    load_model_weights(model, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), strict=True)
     names, stds = layer_response_std(model, (images for images, _ in loader), torch.device("cpu"))
     result = {"layers": names, "std": stds, "num_images": len(indices)}
     with open(os.path.join(cfg.OUTPUT_DIR, RESPONSES_FILE), "w", encoding="utf-8") as f:
