@@ -19,12 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "default_val_metrics",
+    "draw_curves",
     "plot_curves",
     "plot_detection_curves",
     "plot_runs",
@@ -71,33 +75,40 @@ def _series(records: Sequence[Dict[str, float]], key: str, scale: float) -> Tupl
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def plot_curves(
+def draw_curves(
+    ax: Axes,
     run_dirs: Sequence[str],
-    output: str,
     labels: Sequence[str] | None = None,
-    title: str = "",
-) -> str:
-    """Draw the runs' error curves (or loss curves) into the image file ``output``.
+    colors: Sequence[str] | None = None,
+    x_scale: float | None = None,
+    legend: bool = True,
+) -> bool:
+    """Draw the runs' error curves (or loss curves) onto the matplotlib axes ``ax``.
+
+    Thin dashed: ``train_err``; bold: ``val/top1_err``; both in %, one colour per run. Runs
+    with no error logged at all are drawn by training loss.
 
     Args:
         run_dirs: training output directories, each with ``metrics.jsonl``.
-        output: image path (format from the extension, e.g. ``.png``, ``.pdf``).
         labels: legend names, one per run (default: the directory names).
-        title: figure title.
+        colors: one matplotlib colour per run (default ``C0``, ``C1``, ...).
+        x_scale: iterations per x unit; None picks 1e4 ("iter. (1e4)", the paper's axes)
+            for runs of 20k+ iterations, else 1.
+        legend: draw the legend (run colours, then the train / val line styles).
 
     Returns:
-        ``output``.
+        True when errors were drawn, False for the loss fallback.
 
     Raises:
         FileNotFoundError: a run has no ``metrics.jsonl``.
-        ValueError: ``labels`` has the wrong length, or no run logged anything plottable.
+        ValueError: ``labels`` or ``colors`` has the wrong length, or nothing is plottable.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     if labels is not None and len(labels) != len(run_dirs):
         raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
+    if colors is not None and len(colors) != len(run_dirs):
+        raise ValueError(f"{len(colors)} colours for {len(run_dirs)} runs")
     names = list(labels) if labels else [os.path.basename(os.path.normpath(d)) for d in run_dirs]
     runs = [read_metrics(d) for d in run_dirs]
     has_err = any(
@@ -106,13 +117,12 @@ def plot_curves(
     max_iter = max((r["iteration"] for tr, va in runs for r in [*tr, *va]), default=0)
     if max_iter == 0:
         raise ValueError(f"no training records in {', '.join(run_dirs)}")
+    if x_scale is None:
+        x_scale = 1e4 if max_iter >= 2e4 else 1.0
     # The paper's axes read "iter. (1e4)".
-    x_scale, x_label = (1e4, "iter. (1e4)") if max_iter >= 2e4 else (1.0, "iteration")
+    x_label = "iteration" if x_scale == 1.0 else f"iter. ({x_scale:.0e})".replace("+0", "")
 
-    fig = Figure(figsize=(7, 4.5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    colors = [f"C{i % 10}" for i in range(len(runs))]
+    colors = list(colors) if colors else [f"C{i % 10}" for i in range(len(runs))]
     for (train, val), name, color in zip(runs, names, colors):
         if has_err:
             xs, ys = _series(train, TRAIN_ERR, 100.0)
@@ -143,13 +153,45 @@ def plot_curves(
             Line2D([], [], color="k", ls="--", lw=1.0, label="train"),
             Line2D([], [], color="k", ls="-", lw=2.4, label="val"),
         ]
-    ax.legend(handles=handles, loc="upper right", fontsize=9, frameon=False)
+    if legend:
+        ax.legend(handles=handles, loc="upper right", fontsize=9, frameon=False)
+    return has_err
+
+
+def plot_curves(
+    run_dirs: Sequence[str],
+    output: str,
+    labels: Sequence[str] | None = None,
+    title: str = "",
+) -> str:
+    """Draw the runs' error curves (or loss curves) into the image file ``output``.
+
+    Args:
+        run_dirs: training output directories, each with ``metrics.jsonl``.
+        output: image path (format from the extension, e.g. ``.png``, ``.pdf``).
+        labels: legend names, one per run (default: the directory names).
+        title: figure title.
+
+    Returns:
+        ``output``.
+
+    Raises:
+        FileNotFoundError: a run has no ``metrics.jsonl``.
+        ValueError: ``labels`` has the wrong length, or no run logged anything plottable.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    draw_curves(ax, run_dirs, labels)
     if title:
         ax.set_title(title)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     fig.savefig(output)
-    logger.info("wrote %s (%d runs)", output, len(runs))
+    logger.info("wrote %s (%d runs)", output, len(run_dirs))
     return output
 
 
