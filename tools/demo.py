@@ -20,12 +20,13 @@ import sys
 
 try:
     import resdet  # noqa: F401
+    import resdet_apps  # noqa: F401
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from resdet.config import ConfigError
 from resdet.data.records import DatasetError
-from resdet.engine.demo import SCHEDULES, DemoOptions, default_schedule, run_demo
+from resdet_apps.demo import SCHEDULES, DemoOptions, default_schedule, run_demo
 
 
 def _print_summary(s: dict) -> None:
