@@ -27,7 +27,7 @@ setup(
         "matplotlib>=3.5",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff>=0.4"],
+        "dev": ["pytest>=7", "ruff>=0.4", "setuptools>=61"],  # setuptools: the wheel test
         "onnx": ["onnx", "onnxruntime"],
     },
 )
