@@ -102,8 +102,8 @@ def _load_with_bases(path: str, seen: Sequence[str] = ()) -> Dict[str, Any]:
     merged: Dict[str, Any] = {}
     for base in bases:
         base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
-        if not os.path.isfile(base_path) and packaged_config(base) is not None:
-            base_path = base  # not beside the file: a packaged config of that name
+        if not os.path.isfile(base_path):  # not beside the file: a packaged config of that name?
+            base_path = packaged_config(base) or base_path
         merged = _merge(merged, _load_with_bases(base_path, [*seen, path]))
     return _merge(merged, data)
 

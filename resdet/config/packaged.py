@@ -19,7 +19,12 @@ import importlib.resources
 import os
 from typing import List, Optional
 
-__all__ = ["packaged_config", "packaged_config_dir", "packaged_config_names"]
+__all__ = [
+    "close_packaged_names",
+    "packaged_config",
+    "packaged_config_dir",
+    "packaged_config_names",
+]
 
 SUFFIXES = (".yaml", ".yml")
 PREFIX = "configs/"
@@ -71,9 +76,8 @@ def packaged_config(name: str) -> Optional[str]:
 
 def close_packaged_names(name: str, n: int = 3) -> List[str]:
     """Packaged config names closest to ``name`` (for a 'did you mean' hint)."""
-    stem = os.path.basename(name)
-    for s in SUFFIXES:
-        stem = stem[: -len(s)] if stem.endswith(s) else stem
-    stems = {n_.rsplit(".", 1)[0]: n_ for n_ in packaged_config_names()}
-    by_stem = {os.path.basename(k): v for k, v in stems.items()}
+    by_stem = {}
+    for rel in packaged_config_names():  # compare file names without folder and suffix
+        by_stem[os.path.splitext(os.path.basename(rel))[0]] = rel
+    stem = os.path.splitext(os.path.basename(name))[0]
     return [by_stem[m] for m in difflib.get_close_matches(stem, list(by_stem), n=n)]

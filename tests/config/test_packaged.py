@@ -51,9 +51,14 @@ def test_an_existing_path_wins(tmp_path, monkeypatch):
     assert load_config(packaged_config_path("coco_r101")).MODEL.BACKBONE.DEPTH == 101
 
 
-def test_user_config_may_name_a_packaged_base(tmp_path):
+def test_user_config_may_name_a_packaged_base(tmp_path, monkeypatch):
     mine = tmp_path / "mine.yaml"
     mine.write_text("_BASE_: coco_r50_fpn.yaml\nSOLVER:\n  MAX_ITER: 7\n")
+    # A file of that name in the working folder is not the base: only one beside the file is.
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "coco_r50_fpn.yaml").write_text("SOLVER:\n  BASE_LR: 0.125\n")
+    monkeypatch.chdir(work)
     cfg = load_config(str(mine))
     ref = load_config(os.path.join(REPO, "configs", "coco_r50_fpn.yaml"), ["SOLVER.MAX_ITER", "7"])
     assert cfg == ref
