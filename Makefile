@@ -18,8 +18,8 @@ $(STAMP): $(BIN)/python setup.py
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check resdet tools tests
-	$(BIN)/ruff format --check resdet tools tests
+	$(BIN)/ruff check resdet resdet_apps tools tests
+	$(BIN)/ruff format --check resdet resdet_apps tools tests
 
 # pytest exits 5 when it collected no tests; that must fail, and it does (non-zero).
 test: $(STAMP) lint

@@ -6,7 +6,12 @@ setup(
     name="resdet",
     version="0.1.0",
     description="ResNet backbones, classification pretraining and Faster R-CNN detection",
-    packages=find_packages(include=["resdet", "resdet.*"]),
+    # resdet is the library; resdet_apps the programs beside it (benchmark, demo), shipped too so
+    # that tools/benchmark.py and tools/demo.py run against an installed copy.
+    packages=find_packages(include=["resdet", "resdet.*", "resdet_apps", "resdet_apps.*"]),
+    # The configs ship inside the package (resdet/configs links to configs/ in a checkout), so
+    # load_config("coco_r50_fpn") and `--config configs/...` work from any folder once installed.
+    package_data={"resdet": ["configs/*.yaml", "configs/*/*.yaml"]},
     python_requires=">=3.9",
     install_requires=[
         # Ranges admit the releases pinned on the build machines (torch 2.14.1 / torchvision 0.29.1).
@@ -22,7 +27,7 @@ setup(
         "matplotlib>=3.5",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff>=0.4"],
+        "dev": ["pytest>=7", "ruff>=0.4", "setuptools>=61"],  # setuptools: the wheel test
         "onnx": ["onnx", "onnxruntime"],
     },
 )

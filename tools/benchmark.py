@@ -21,20 +21,20 @@ import os
 import shlex
 import sys
 
-try:
-    import resdet  # noqa: F401
+try:  # resdet_apps first: the programs and the library then come from one place
+    import resdet_apps  # noqa: F401
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resdet.utils.benchmark_modes import MODES
-from resdet.utils.benchmark_report import (
+from resdet.utils.cli import tool_entry
+from resdet_apps.benchmark_modes import MODES
+from resdet_apps.benchmark_report import (
     BenchOptions,
     check_targets,
     render_markdown,
     run_benchmark,
     write_outputs,
 )
-from resdet.utils.cli import tool_entry
 
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 

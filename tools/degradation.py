@@ -18,17 +18,16 @@ import argparse
 import os
 import sys
 
-try:
-    import resdet  # noqa: F401
+try:  # resdet_apps first: the programs and the library then come from one place
+    import resdet_apps  # noqa: F401
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resdet.config import ConfigError
-from resdet.data.records import DatasetError
-from resdet.engine.degradation import SCHEDULES, DegradationOptions, run_degradation
+from resdet.config.load import packaged_config_path
+from resdet.utils.cli import tool_entry
+from resdet_apps.degradation import SCHEDULES, DegradationOptions, run_degradation
 
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      "shapes_degradation.yaml")  # fmt: skip
+CONFIG = packaged_config_path("shapes_degradation.yaml")
 
 
 def _print_summary(s: dict) -> None:
@@ -51,6 +50,7 @@ def _print_summary(s: dict) -> None:
     print(f"report: {s['report']}")
 
 
+@tool_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -79,12 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         parallel=not args.sequential,
         workers=args.workers,
     )  # fmt: skip
-    try:
-        summary = run_degradation(opts)
-    except (ConfigError, DatasetError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    _print_summary(summary)
+    _print_summary(run_degradation(opts))
     return 0
 
 

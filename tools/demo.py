@@ -18,13 +18,13 @@ import argparse
 import os
 import sys
 
-try:
-    import resdet  # noqa: F401
+try:  # resdet_apps first: the programs and the library then come from one place
+    import resdet_apps  # noqa: F401
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resdet.engine.demo import SCHEDULES, DemoOptions, default_schedule, run_demo
 from resdet.utils.cli import tool_entry
+from resdet_apps.demo import SCHEDULES, DemoOptions, default_schedule, run_demo
 
 
 def _print_summary(s: dict) -> None:

@@ -241,7 +241,7 @@ def demo_rows(path: str = DEMO_RESULTS) -> list[str]:
     scratch_voc = f" (from scratch: {pct(scr['VOC07_mAP'])})" if scr else ""
     return [
         f"`make demo` schedule `{r['schedule']}` on a 2-core CPU (a schedule's iteration and "
-        "precision overrides of these configs are in `resdet/engine/demo.py`, `SCHEDULES`); "
+        "precision overrides of these configs are in `resdet_apps/demo.py`, `SCHEDULES`); "
         "the detector is fine-tuned from the shapes_cls_r18 classifier.",
         "",
         *head,

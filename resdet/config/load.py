@@ -2,11 +2,14 @@
 
     cfg = load_config("configs/imagenet_r50.yaml", ["SOLVER.BASE_LR", "0.05"])
 
-A file may name a ``_BASE_`` (a path relative to itself, or a list of them); the base is
-loaded first and the file's keys are merged over it, section by section. Every key is then
-checked against the dataclass schema in ``resdet.config.schema``: an unknown key is an error
-naming the file, the key and the closest valid key; a value of the wrong type is an error
-naming the key, the expected type and the value.
+A path that does not exist is looked up by name among the configs shipped in the package
+(``coco_r50_fpn``, ``configs/coco_r50_fpn.yaml``: :mod:`resdet.config.packaged`), so a tool run
+from any folder after ``pip install .`` finds them. A file may name a ``_BASE_`` (a path
+relative to itself, or a list of them; else a packaged config's name); the base is loaded
+first and the file's keys are merged over it, section by section. Every key is then checked
+against the dataclass schema in ``resdet.config.schema``: an unknown key is an error naming
+the file, the key and the closest valid key; a value of the wrong type is an error naming the
+key, the expected type and the value.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from resdet.config.packaged import close_packaged_names, packaged_config, packaged_config_dir
 from resdet.config.schema import Config
 
 BASE_KEY = "_BASE_"
@@ -28,9 +32,43 @@ class ConfigError(ValueError):
     """A config file or override is wrong; the message says where and how to fix it."""
 
 
+def resolve_config_path(path: str) -> str:
+    """``path`` when that file exists, else the packaged config of that name.
+
+    Raises:
+        ConfigError: neither exists; the message names the closest packaged configs.
+    """
+    if os.path.isfile(path):
+        return path
+    found = packaged_config(path)
+    if found is not None:
+        return found
+    where = packaged_config_dir()
+    close = close_packaged_names(path)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"config file not found: {path} (nor a config of that name in {where or 'the package'})"
+        + hint
+    )
+
+
+def packaged_config_path(name: str) -> str:
+    """Path of the packaged config ``name`` (``coco_r50_fpn``, ``configs/coco_r50_fpn.yaml``),
+    whatever the working folder holds: what programs use for their own configs.
+
+    Raises:
+        ConfigError: the package ships no config of that name.
+    """
+    found = packaged_config(name)
+    if found is None:
+        close = close_packaged_names(name)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        where = packaged_config_dir() or "the package (it ships no configs)"
+        raise ConfigError(f"{name}: no config of that name in {where}{hint}")
+    return found
+
+
 def _read_yaml(path: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
     with open(path, encoding="utf-8") as f:
         try:
             data = yaml.safe_load(f)
@@ -54,7 +92,7 @@ def _merge(base: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _load_with_bases(path: str, seen: Sequence[str] = ()) -> Dict[str, Any]:
-    path = os.path.abspath(path)
+    path = os.path.abspath(resolve_config_path(path))
     if path in seen:
         raise ConfigError(f"{path}: _BASE_ cycle through {' -> '.join(seen)}")
     data = _read_yaml(path)
@@ -64,6 +102,8 @@ def _load_with_bases(path: str, seen: Sequence[str] = ()) -> Dict[str, Any]:
     merged: Dict[str, Any] = {}
     for base in bases:
         base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+        if not os.path.isfile(base_path):  # not beside the file: a packaged config of that name?
+            base_path = packaged_config(base) or base_path
         merged = _merge(merged, _load_with_bases(base_path, [*seen, path]))
     return _merge(merged, data)
 
@@ -150,7 +190,8 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
     """Load a config file (or the defaults when ``path`` is None) and apply overrides.
 
     Args:
-        path: YAML file; its ``_BASE_`` chain is followed.
+        path: YAML file, or the name of a packaged config (``coco_r50_fpn``); its ``_BASE_``
+            chain is followed.
         overrides: a flat ``[KEY, VALUE, KEY, VALUE, ...]`` list, e.g.
             ``["SOLVER.BASE_LR", "0.05", "MODEL.BACKBONE.DEPTH", "101"]``; values are parsed as
             YAML scalars/lists (``"[600, 800]"`` is a list).

@@ -280,3 +280,15 @@ def render_scene(
 
 
 # --------------------------------------------------------------------------- crops
+
+
+def make_scene(size: Tuple[int, int], index: int = 0, seed: int = 0) -> Tuple[np.ndarray, ...]:
+    """A val scene of :func:`render_scene` resized to ``size`` = (h, w): ``(uint8[H, W, 3] RGB,
+    float32[N, 4] xyxy boxes in ``size``'s pixels, int64[N] labels)``. Deterministic in
+    ``(size, index, seed)``: a real-looking image of any size for timings and parity checks."""
+    scene = render_scene(seed, "val", index)
+    h0, w0 = scene.image.shape[:2]
+    h, w = size
+    image = cv2.resize(scene.image, (w, h), interpolation=cv2.INTER_LINEAR)
+    boxes = scene.boxes * np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
+    return image, boxes, scene.labels

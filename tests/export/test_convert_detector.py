@@ -10,11 +10,12 @@ import torchvision
 from resdet import Predictor
 from resdet.accel import inference_model
 from resdet.config.load import config_from_dict
+from resdet.data.shapes_render import make_scene
 from resdet.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from resdet.export.convert import ConversionError, convert_weights
 from resdet.export.convert_detector import coco_categories
 from resdet.modeling.detection.build import build_detector
-from resdet.utils.benchmark import calibrate_, make_scene
+from resdet.utils.calibrate import calibrate_
 
 SIZE = (340, 460)  # p5 11x15 -> p6 6x8: torchvision's p6 strides are 58 and 60, not 64
 

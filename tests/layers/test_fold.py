@@ -15,6 +15,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from resdet.accel import inference_copy
 from resdet.config import load_config
+from resdet.data.shapes_render import make_scene
 from resdet.layers.fold import (
     find_conv_bn_pairs,
     fold_conv_bn_,
@@ -23,7 +24,7 @@ from resdet.layers.fold import (
 )
 from resdet.modeling.backbone.resnet import ResNet
 from resdet.modeling.detection.build import build_detector
-from resdet.utils.benchmark import calibrate_, make_scene
+from resdet.utils.calibrate import calibrate_
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["MODEL.BACKBONE.DEPTH", "18", "MODEL.BACKBONE.WIDTH", "16",

@@ -9,9 +9,9 @@ import pytest
 import torch
 from tool_loader import load_tool
 
-from resdet.utils.benchmark import ModelSpec, Runner, calibrated_model, make_inputs
-from resdet.utils.benchmark_modes import detection_agreement, measure_memory
-from resdet.utils.benchmark_report import check_targets
+from resdet_apps.benchmark import ModelSpec, Runner, calibrated_model, make_inputs
+from resdet_apps.benchmark_modes import detection_agreement, measure_memory
+from resdet_apps.benchmark_report import check_targets
 
 
 def _tool():

@@ -1,4 +1,4 @@
-"""Resumable steps for the demo (:mod:`resdet.engine.demo`): skip what is done, time what runs,
+"""Resumable steps for the demo (:mod:`resdet_apps.demo`): skip what is done, time what runs,
 and run one chain of steps in a second process.
 
 A step owns a folder. ``demo_settings.json`` in it records the settings the step started

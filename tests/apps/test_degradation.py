@@ -12,9 +12,9 @@ import pytest
 from tool_loader import load_tool
 
 from resdet.config import ConfigError
-from resdet.engine.degradation import DegradationOptions, build_configs, run_degradation
-from resdet.engine.degradation_report import final_errors
 from resdet.utils.plots import read_metrics
+from resdet_apps.degradation import DegradationOptions, build_configs, run_degradation
+from resdet_apps.degradation_report import final_errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "shapes_degradation.yaml")

@@ -20,12 +20,10 @@ import json
 import logging
 import math
 import os
-import platform
 from typing import Any, Dict, List
 
 import cv2
 import numpy as np
-import torch
 
 from resdet.accel import inference_model
 from resdet.config.schema import Config
@@ -35,35 +33,18 @@ from resdet.data.records import DetectionRecord
 from resdet.engine.checkpoint import load_model_weights
 from resdet.engine.detection import build_test_loader, run_inference
 from resdet.modeling.detection.build import build_detector
+from resdet.utils.machine import machine_info
 from resdet.utils.plots import plot_curves, plot_detection_curves, read_metrics
 from resdet.utils.visualization import draw_detections, save_image, tile_images
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["machine_info", "summarize", "write_report"]
+__all__ = ["summarize", "write_report"]
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 RUN_LABELS = {"det": "pretrained", "scratch": "scratch"}
 VIS_SCORE = 0.5  # predictions drawn in the pictures (the evaluation uses every score)
 VIS_SIDE = 360  # longer side of each picture panel, so labels stay readable
-
-
-def machine_info() -> Dict[str, Any]:
-    """CPU model, logical CPUs, torch threads and versions (for the report)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass  # not Linux: platform's answer it is
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def _read_json(path: str) -> Dict[str, Any]:
@@ -323,7 +304,7 @@ def write_report(
         "one thread per process; the from-scratch chain (scratch, scratch_eval) ran in a second "
         "process alongside cls -> det -> det_eval"
         if parallel
-        else f"{m['torch_threads']} thread(s), one step after the other"
+        else f"{m['threads']} thread(s), one step after the other"
     )
     val_counts = data.get("counts", {}).get("val", {})
     n_img, n_obj = val_counts.get("images", "?"), val_counts.get("objects", "?")
@@ -337,7 +318,7 @@ def write_report(
         "trained from scratch for the same iterations.",
         "",
         f"- schedule: `{opts.schedule}`; written {datetime.datetime.now():%Y-%m-%d %H:%M}",
-        f"- machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, no GPU; torch {m['torch']}, "
+        f"- machine: {m['cpu']}, {m['cores']} logical CPUs, no GPU; torch {m['torch']}, "
         f"fp32, {how}",
         f"- wall time of this run: {_fmt_seconds(wall)} before this report (the environment's "
         "set-up not included; steps done in an earlier run are skipped and keep their time "

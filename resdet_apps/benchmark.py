@@ -22,10 +22,11 @@ What is compared (``BENCHMARKS.md`` has the latest numbers and the command that 
   torchvision's transform still runs its own, a scale-1 bilinear pass it always pays).
 - **Calibrated random weights.** With random weights the RPN and the box head are degenerate
   (all class scores ~1/81 < the 0.05 threshold: zero detections, no NMS work).
-  :func:`calibrate_` sets every frozen BN's statistics from the benchmark image (so activations
-  are unit-scale through the whole trunk, like a trained network's) and scales the class logits
-  to a standard deviation of 2, so each model produces its configured number of proposals and
-  detections. The counts each model produced are reported next to its time.
+  :func:`~resdet.utils.calibrate.calibrate_` sets every frozen BN's statistics from the
+  benchmark image (so activations are unit-scale through the whole trunk, like a trained
+  network's) and scales the class logits to a standard deviation of 2, so each model produces
+  its configured number of proposals and detections. The counts each model produced are
+  reported next to its time.
 - **Timing.** All models of a mode run in the same process, alternating (one run of each per
   round) after ``warmup`` rounds, so a change of machine load hits them alike; the median,
   min and max wall time and the median process CPU time of ``repeats`` rounds are reported.
@@ -35,20 +36,18 @@ What is compared (``BENCHMARKS.md`` has the latest numbers and the command that 
   calibrated weights and runs the same work once (``tracemalloc`` does not see torch's CPU
   allocations); ``work`` is the peak minus the process's RSS just before the work started.
 
-The report's markdown and JSON are written by :mod:`resdet.utils.benchmark_report`.
+The report's markdown and JSON are written by :mod:`resdet_apps.benchmark_report`.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import os
 import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
 import torch.nn as nn
@@ -56,15 +55,16 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from resdet.accel import inference_copy, to_channels_last, training_paths_
 from resdet.config import load_config
+from resdet.config.load import packaged_config_path
 from resdet.config.schema import Config
-from resdet.data.shapes import render_scene
+from resdet.data.shapes_render import make_scene
+from resdet.utils.calibrate import calibrate_
 
 logger = logging.getLogger(__name__)
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_CLASSES = 80  # COCO: the setting all published timings use
 
-# base name -> (config file under configs/, overrides)
+# base name -> (packaged config, overrides)
 RESDET_MODELS: Dict[str, Tuple[str, List[str]]] = {
     "r18_fpn": ("coco_r50_fpn.yaml", ["MODEL.BACKBONE.DEPTH", "18"]),
     "r50_fpn": ("coco_r50_fpn.yaml", []),
@@ -114,7 +114,7 @@ def resdet_config(base: str) -> Config:
     """The config of a resdet base model (COCO settings, ``NUM_CLASSES`` 80)."""
     file, opts = RESDET_MODELS[base]
     overrides = [*opts, "MODEL.ROI_HEADS.NUM_CLASSES", str(NUM_CLASSES)]
-    return load_config(os.path.join(REPO, "configs", file), overrides)
+    return load_config(packaged_config_path(file), overrides)
 
 
 def build_torchvision(depth: int, cfg: Config) -> nn.Module:
@@ -168,17 +168,6 @@ def build_base_model(spec: ModelSpec, size: Tuple[int, int], seed: int = 0) -> n
 # ----------------------------------------------------------------------------- inputs
 
 
-def make_scene(size: Tuple[int, int], index: int = 0, seed: int = 0) -> Tuple[np.ndarray, ...]:
-    """An embedded-shapes scene upscaled to ``size``: ``(uint8[H, W, 3] RGB, float32[N, 4]
-    xyxy boxes, int64[N] labels)``. Deterministic in ``(size, index, seed)``."""
-    scene = render_scene(seed, "val", index)
-    h0, w0 = scene.image.shape[:2]
-    h, w = size
-    image = cv2.resize(scene.image, (w, h), interpolation=cv2.INTER_LINEAR)
-    boxes = scene.boxes * np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
-    return image, boxes, scene.labels
-
-
 @dataclass
 class Inputs:
     """The images one unit of work uses, in each toolkit's own input format."""
@@ -200,48 +189,6 @@ def make_inputs(size: Tuple[int, int], batch: int, seed: int = 0) -> Inputs:
         tv_img.append(img.float() / 255.0)
         tv_tgt.append({"boxes": b, "labels": lab + 1})
     return Inputs(rd, tv_img, tv_tgt)
-
-
-# ----------------------------------------------------------------------------- calibration
-
-
-@torch.no_grad()
-def calibrate_(model: nn.Module, run: Callable[[], Any], logit_std: float = 2.0) -> nn.Module:
-    """Make randomly initialised weights behave like trained ones, in place (see module doc).
-
-    1. Every ``FrozenBatchNorm2d`` gets the mean and variance of its own input on one forward
-       pass of ``run`` (set by a pre-hook just before it normalises, so later layers already
-       see calibrated inputs): activations stay unit-scale through any depth.
-    2. Every ``cls_score`` layer is scaled so its logits have standard deviation ``logit_std``:
-       some classes clear the score threshold and the detector produces detections.
-
-    ``run`` runs the model in eval mode on the benchmark input. Returns ``model``.
-    """
-    was_training = model.training
-    model.eval()
-
-    def set_stats(bn: nn.Module, args: Tuple[torch.Tensor, ...]) -> None:
-        x = args[0].float()
-        bn.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        bn.running_var.copy_(x.var(dim=(0, 2, 3)).clamp_min(1e-4))
-
-    logits: Dict[str, torch.Tensor] = {}
-    handles = [m.register_forward_pre_hook(set_stats) for m in model.modules()
-               if isinstance(m, FrozenBatchNorm2d)]  # fmt: skip
-    cls = {n: m for n, m in model.named_modules() if n.endswith("cls_score")}
-    for name, m in cls.items():
-        handles.append(m.register_forward_hook(lambda mod, i, o, n=name: logits.update({n: o})))
-    try:
-        run()
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    for name, m in cls.items():
-        if name in logits:
-            std = float(logits[name].float().std())
-            m.weight.mul_(logit_std / max(std, 1e-12))
-    return model
 
 
 # ----------------------------------------------------------------------------- work units

@@ -1,4 +1,4 @@
-"""The report of the degradation experiment (:mod:`resdet.engine.degradation`).
+"""The report of the degradation experiment (:mod:`resdet_apps.degradation`).
 
 ``summarize`` measures the finding from the runs' ``metrics.jsonl`` and ``responses.json``;
 ``write_report`` draws Figure 6 (training error thin and dashed, validation error bold, one
@@ -17,7 +17,7 @@ import os
 from typing import Any, Dict, List
 
 from resdet.config.schema import Config
-from resdet.engine.demo_report import machine_info
+from resdet.utils.machine import machine_info
 from resdet.utils.plots import TRAIN_ERR, VAL_ERR, draw_curves, read_metrics
 
 __all__ = ["final_errors", "summarize", "write_report"]

@@ -13,7 +13,7 @@ download, in a few minutes:
    iterations, evaluated the same way: the transfer gain. By default this chain runs in a
    second process while steps 2-4 run (two cores, one chain each).
 6. ``report``: ``REPORT.md`` with the tables and wall times, and the PNGs
-   (:mod:`resdet.engine.demo_report`).
+   (:mod:`resdet_apps.demo_report`).
 
 Every step writes into its own folder of ``output`` and is skipped when its outputs are
 complete, so re-running after an interruption resumes: a training step continues from its
@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Tuple
 
-from resdet.config.load import ConfigError, config_to_dict, load_config
+from resdet.config.load import ConfigError, config_to_dict, load_config, packaged_config_path
 from resdet.config.schema import Config
 from resdet.data.catalog import (
     datasets_root,
@@ -41,9 +41,9 @@ from resdet.data.catalog import (
 )
 from resdet.data.shapes import generate_shapes, shapes_paths, validate_shapes
 from resdet.engine import classification, detection
-from resdet.engine.amp import cpu_has_native_bf16
-from resdet.engine.demo_steps import Background, StepTimer, prepare_step
 from resdet.utils.logging import close_logging, setup_logging
+from resdet.utils.machine import cpu_has_native_bf16
+from resdet_apps.demo_steps import Background, StepTimer, prepare_step
 
 logger = logging.getLogger(__name__)
 
@@ -164,14 +164,11 @@ class DemoOptions:
 
 
 def repo_config(name: str) -> str:
-    """Path of ``configs/<name>`` in the repository this package was imported from."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    path = os.path.join(root, "configs", name)
-    if not os.path.isfile(path):
-        raise ConfigError(
-            f"{path}: config not found; pass it explicitly (--cls-config/--det-config)"
-        )
-    return path
+    """Path of the packaged config ``name`` (the repository's ``configs/<name>``)."""
+    try:
+        return packaged_config_path(name)
+    except ConfigError as e:
+        raise ConfigError(f"{e}; pass it explicitly (--cls-config/--det-config)") from None
 
 
 def _dataset_names(data_root: str, eval_images: int) -> Tuple[str, str, str]:
@@ -308,7 +305,7 @@ def run_demo(opts: DemoOptions) -> Dict[str, Any]:
     """
     import torch
 
-    from resdet.engine import demo_report  # matplotlib and opencv drawing: only when needed
+    from resdet_apps import demo_report  # matplotlib and opencv drawing: only when needed
 
     sch = SCHEDULES.get(opts.schedule)
     if sch is None:

@@ -18,14 +18,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from resdet.utils.benchmark import ModelSpec
-from resdet.utils.benchmark_modes import (
+from resdet.utils.machine import machine_info
+from resdet_apps.benchmark import ModelSpec
+from resdet_apps.benchmark_modes import (
     MODES,
     bench_backbones,
     bench_bf16,
     bench_data,
     bench_models,
-    machine_info,
     profile_inference,
 )
 
@@ -86,7 +86,9 @@ def run_benchmark(
     if opts.compile:
         specs += [ModelSpec.parse(s.name + "+compile") for s in specs
                   if not s.is_torchvision and "compile" not in s.mods]  # fmt: skip
-    out: Dict[str, Any] = {"machine": machine_info(opts.threads), "size": list(size),
+    machine = machine_info(opts.threads)
+    machine["loadavg_start"] = machine.pop("loadavg")  # the report also records it at the end
+    out: Dict[str, Any] = {"machine": machine, "size": list(size),
                            "options": {k: v for k, v in vars(opts).items()}}  # fmt: skip
     t_start = time.perf_counter()
     for mode in opts.modes:

@@ -13,8 +13,8 @@ import pytest
 from tool_loader import load_tool
 
 from resdet.config import ConfigError
-from resdet.engine.demo import DemoOptions, build_configs, default_schedule, run_demo
-from resdet.engine.demo_steps import Background, prepare_step
+from resdet_apps.demo import DemoOptions, build_configs, default_schedule, run_demo
+from resdet_apps.demo_steps import Background, prepare_step
 
 STEPS = ("data", "cls", "det", "det_eval", "scratch", "scratch_eval", "report")
 NUMBER = r"[-+]?\d+\.\d"
@@ -120,7 +120,7 @@ def test_build_configs_wires_the_runs(tmp_path):
 def test_the_cpu_picks_the_default_schedule(native, tmp_path, monkeypatch):
     # bf16 where the CPU computes it (both detectors in bf16, the long schedule's iterations);
     # fp32 and 1,000 iterations elsewhere. Either way into output/demo.
-    monkeypatch.setattr("resdet.engine.demo.cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr("resdet_apps.demo.cpu_has_native_bf16", lambda: native)
     name = default_schedule()
     assert name == ("bf16" if native else "default")
     configs, _ = build_configs(DemoOptions(schedule=name), str(tmp_path / "data"))

@@ -15,7 +15,7 @@ the experiment on the embedded shapes dataset (:mod:`resdet.data.shapes`, object
 3. ``<run>_responses``: the std of each 3x3 layer's response on val crops
    (:mod:`resdet.modeling.layer_responses`), saved as ``responses.json`` in the run folder.
 4. ``report``: ``report.md``, ``fig6_training_curves.png``, ``fig7_layer_responses.png`` and
-   ``summary.json`` (:mod:`resdet.engine.degradation_report`).
+   ``summary.json`` (:mod:`resdet_apps.degradation_report`).
 
 Every step is skipped when already done with the same settings, so re-running resumes.
 """
@@ -34,8 +34,8 @@ from resdet.config.load import ConfigError, config_to_dict, load_config
 from resdet.config.schema import Config
 from resdet.data.catalog import datasets_root
 from resdet.data.shapes import generate_shapes, shapes_paths, validate_shapes
-from resdet.engine.demo_steps import Background, StepTimer, prepare_step
 from resdet.utils.logging import close_logging, setup_logging
+from resdet_apps.demo_steps import Background, StepTimer, prepare_step
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def run_degradation(opts: DegradationOptions) -> Dict[str, Any]:
     """
     import torch
 
-    from resdet.engine import degradation_report
+    from resdet_apps import degradation_report
 
     sch = SCHEDULES.get(opts.schedule)
     if sch is None:

@@ -1,4 +1,4 @@
-"""The benchmark's measurements, one function per mode (see :mod:`resdet.utils.benchmark`).
+"""The benchmark's measurements, one function per mode (see :mod:`resdet_apps.benchmark`).
 
 Modes: ``infer`` and ``train`` (whole detectors, alternating, with peak memory from a fresh
 subprocess), ``backbone`` (images/s and GFLOP/s against a GEMM measured in the same run),
@@ -25,8 +25,9 @@ import torch
 import torch.nn as nn
 from torchvision.ops import box_iou
 
-from resdet.utils.benchmark import (
-    REPO,
+from resdet.data.shapes_render import make_scene
+from resdet.utils.machine import cpu_has_flag
+from resdet_apps.benchmark import (
     TRAIN_ONLY_INVALID,
     ModelSpec,
     Runner,
@@ -35,7 +36,6 @@ from resdet.utils.benchmark import (
     calibrated_model,
     gemm_gflops,
     make_inputs,
-    make_scene,
     summarize,
     time_alternating,
 )
@@ -92,9 +92,11 @@ def measure_memory(
     with open(job, "w") as f:
         json.dump({"spec": spec.name, "mode": mode, "size": list(size), "batch": batch,
                    "threads": threads, "seed": seed, "state": state}, f)  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "resdet.utils.benchmark_modes", "--memory-worker", job]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    # The child imports resdet and resdet_apps from where this process did (a checkout put on
+    # sys.path by the tool, or an install).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    cmd = [sys.executable, "-m", "resdet_apps.benchmark_modes", "--memory-worker", job]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-3:]
         return {"error": f"memory subprocess failed ({proc.returncode}): {' | '.join(tail)}"}
@@ -316,7 +318,7 @@ def bench_bf16(
     benchmark image and, given a trained checkpoint ``weights``, the AP change."""
     bf = ModelSpec.parse(f"{spec.base}+bf16")
     fp = ModelSpec.parse(spec.base)
-    native = _cpu_flag("avx512_bf16") or _cpu_flag("amx_bf16")
+    native = cpu_has_flag("avx512_bf16") or cpu_has_flag("amx_bf16")  # False when unknown
     out: Dict[str, Any] = {"model": spec.base, "size": list(size), "cpu_has_native_bf16": native}
     modes = ("infer", "train") if train else ("infer",)
     for mode in modes:
@@ -338,25 +340,6 @@ def bench_bf16(
         out["ap"] = {"weights": weights, "images": ap_images, "fp32": ap32, "bf16": ap16,
                      "diff_points": 100 * (ap16["AP"] - ap32["AP"])}  # fmt: skip
     return out
-
-
-def _cpu_flag(flag: str) -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(flag in line.split() for line in f if line.startswith("flags"))
-    except OSError:
-        return False
-
-
-def machine_info(threads: int) -> Dict[str, Any]:
-    """What the numbers depend on: CPU, threads, torch version, load average."""
-    cpu = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if _cpu_flag(f)]
-    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "threads": threads,
-            "torch": torch.__version__, "loadavg_start": list(os.getloadavg()),
-            "cuda": torch.cuda.is_available()}  # fmt: skip
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--memory-worker":
