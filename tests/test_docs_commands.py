@@ -66,7 +66,9 @@ def doc_commands() -> List[Tuple[str, int, List[str]]]:
                 continue
             words = shlex.split(pending + text, comments=True)
             pending = ""
-            if words and (words[0] in ("python", "torchrun", "make")):
+            # Tool and make commands; ``python -c`` / ``python -m`` lines run no tool.
+            tool = any(w.endswith(".py") for w in words)
+            if words and (words[0] == "make" or (words[0] in ("python", "torchrun") and tool)):
                 found.append((os.path.relpath(path, REPO), start, words))
     return found
 
