@@ -35,17 +35,13 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 import torch
 
-from resdet.config.load import config_to_dict
 from resdet.config.schema import Config
-from resdet.engine.checkpoint import load_model_weights, save_checkpoint
-from resdet.export.convert import (
+from resdet.export.convert_resnet import (
     CAFFE2_PIXEL_MEAN_BGR,
     TORCHVISION_MEAN_RGB,
     TORCHVISION_STD_RGB,
     ConversionError,
-    RawWeights,
     as_tensors,
-    conversion_meta,
     d2_resnet_key,
     layout_from_resdet_keys,
 )
@@ -54,7 +50,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DetectorImport",
-    "convert_detector_file",
     "coco_categories",
     "detectron2_detector_to_resdet",
     "detector_kind",
@@ -373,44 +368,3 @@ def _check_cell_anchors(sd: Mapping[str, torch.Tensor], cfg: Config, source: str
                 f"detectron2's defaults for this layout {ours.tolist()}: a custom anchor config; "
                 "set MODEL.ANCHOR.SIZES / ASPECT_RATIOS to match and convert again"
             )
-
-
-# ----------------------------------------------------------------------------- the file
-
-
-def convert_detector_file(
-    raw: RawWeights, src: str, dst: str, keep_unused_classes: bool = False
-) -> Optional[Tuple[Config, str]]:
-    """Write ``dst`` from ``raw`` if it holds a whole detector; None if it does not.
-
-    The tensors are loaded strictly into the detector the config builds (every tensor of the
-    model must come from the file), then saved as ``{"model", "config", "meta", "extra":
-    {"class_names", "category_ids"}}``: ``tools/infer.py``, the ``Predictor`` and evaluation
-    draw and write the source's class names and dataset ids from it.
-    """
-    kind = detector_kind(raw.data)
-    if kind is None:
-        return None
-    if kind == "torchvision":
-        det = torchvision_detector_to_resdet(raw.data, src, keep_unused_classes)
-    else:
-        det = detectron2_detector_to_resdet(raw.data, raw.author, src)
-    from resdet.modeling.detection.build import build_detector
-
-    model = build_detector(det.config)
-    try:
-        load_model_weights(model, det.state_dict, strict=True, log=False)
-    except ValueError as e:
-        raise ConversionError(f"{src}: the converted {kind} detector does not load: {e}") from e
-    fmt = f"{kind}-detector"
-    state = {
-        "model": det.state_dict,
-        "config": config_to_dict(det.config),
-        "meta": conversion_meta(src, fmt),
-        "extra": {"class_names": det.class_names, "category_ids": det.category_ids},
-    }
-    save_checkpoint(dst, state)
-    b = det.config.MODEL.BACKBONE
-    logger.info("wrote %s (%s R%d-%s, %d classes)", dst, fmt, b.DEPTH,
-                "FPN" if b.NAME == "resnet_fpn" else "C4", len(det.class_names))  # fmt: skip
-    return det.config, fmt
