@@ -325,7 +325,7 @@ def gemm_gflops(n: int = 2048, repeats: int = 3) -> float:
 
 def backbone_flops(backbone: nn.Module, shape: Tuple[int, ...]) -> int:
     """FLOPs (2 per multiply-add) of one backbone forward on ``shape``, counted on ``meta``."""
-    from resdet.utils.model_stats import count_macs
+    from resdet.modeling.stats import count_macs
 
     meta = copy.deepcopy(backbone).to("meta")
     return 2 * count_macs(meta, torch.zeros(shape, device="meta"))[1]["Global"]

@@ -1,9 +1,10 @@
 """The package's imports run one way: no circle, and no import from a lower layer to a higher one.
 
 The checker reads every ``resdet/**/*.py`` with ``ast`` (imports inside functions count too: a
-deferred import is still a dependency). ``LAYERS`` lists the packages checked so far, lowest
-first; a module in a listed layer may import modules of its own layer or of lower ones only.
-Packages not listed yet are not checked.
+deferred import is still a dependency). ``LAYERS`` lists every package of ``resdet``, lowest
+first; a module may import modules of its own layer or of lower ones only, and no import
+circle exists (within a layer either). The programs in ``resdet_apps`` sit above the whole
+library, which never imports them. The order is the one ``docs/ARCHITECTURE.md`` draws.
 """
 
 from __future__ import annotations
@@ -18,10 +19,16 @@ PACKAGE_ROOT = os.path.dirname(os.path.abspath(resdet.__file__))
 
 # Lowest first. Each entry: module-name prefixes that form one layer.
 LAYERS: List[Sequence[str]] = [
-    ("resdet.config", "resdet.registry", "resdet.structures"),  # foundations
+    # foundations: typed config, name registry, ImageList, logging / output / pickles / CLI
+    ("resdet.config", "resdet.registry", "resdet.structures", "resdet.utils"),
     ("resdet.layers",),  # leaf kernels: fused conv, Winograd, RoIAlign, norms, folding
     ("resdet.modeling",),  # modules that say how they fuse (fuse() methods)
     ("resdet.accel",),  # decides and applies the fast paths for training and inference
+    ("resdet.data",),  # records, loaders, sources, transforms, image decoding
+    ("resdet.evaluation",),  # COCO / VOC scoring, reports
+    ("resdet.engine",),  # train loop, hooks, checkpoints, runs
+    ("resdet.export", "resdet.predictor"),  # weights in and out; the inference API
+    ("resdet.media",),  # images, folders, globs and videos through the Predictor
 ]
 
 
@@ -168,6 +175,22 @@ def test_listed_layers_import_only_downwards_and_have_no_circle():
     assert upward_imports(graph, LAYERS) == []
     listed = {m for m in graph if layer_of(m, LAYERS) is not None}
     assert find_cycle(graph, listed) == []
+
+
+def test_every_module_has_a_layer_and_the_library_never_imports_the_programs():
+    graph = import_graph(PACKAGE_ROOT, "resdet")
+    unlisted = [m for m in graph if m != "resdet" and layer_of(m, LAYERS) is None]
+    assert unlisted == [], "give these modules a layer in LAYERS (and docs/ARCHITECTURE.md)"
+    programs = []
+    for name, path in module_names(PACKAGE_ROOT, "resdet").items():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=path)
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            programs += [f"{name} -> {n}" for n in names if n.split(".")[0] == "resdet_apps"]
+    assert programs == []
 
 
 def test_layers_import_nothing_from_modeling_or_engine():

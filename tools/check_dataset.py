@@ -43,9 +43,9 @@ from resdet.data.check import (
     check_image_folder,
     format_report,
 )
+from resdet.data.dataset_plots import draw_dataset
 from resdet.data.image_io import set_max_image_pixels
 from resdet.utils.cli import tool_entry
-from resdet.utils.dataset_plots import draw_dataset
 from resdet.utils.logging import setup_logging
 from resdet.utils.output import writing
 

@@ -4,7 +4,7 @@
     python tools/make_model_zoo.py --check    # exit 1 if MODEL_ZOO.md is out of date
     python tools/make_model_zoo.py --demo-summary output/demo/summary.json   # after make demo
 
-Parameters and multiply-adds come from resdet.utils.model_stats (1 MAC = 1 multiply-add =
+Parameters and multiply-adds come from resdet.modeling.stats (1 MAC = 1 multiply-add =
 2 FLOPs; convolutions, linear layers and matrix products only) at each config's test size:
 classifiers at INPUT.CROP_SIZE square, detectors at MIN_SIZE_TEST x MAX_SIZE_TEST with
 MODEL.RPN.POST_NMS_TOPK_TEST RoIs. Accuracy is split into what was measured in this
@@ -179,7 +179,7 @@ def describe(cfg) -> str:
 
 def config_rows() -> list[str]:
     from resdet.config import load_config
-    from resdet.utils.model_stats import model_stats
+    from resdet.modeling.stats import model_stats
 
     rows = []
     for path in sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml"))):

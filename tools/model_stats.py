@@ -24,8 +24,8 @@ except ImportError:  # run from a checkout without installing: put the repo root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from resdet.config import load_config
+from resdet.modeling.stats import model_stats
 from resdet.utils.cli import tool_entry
-from resdet.utils.model_stats import model_stats
 
 
 @tool_entry

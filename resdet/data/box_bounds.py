@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from typing import List, Sequence
 
+from resdet.data.problems import note_problem
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["FAR_OUTSIDE_PX", "ClippedBoxes", "outside_reach"]
@@ -60,9 +62,6 @@ class ClippedBoxes:
                 f"({raw}); it is clipped to the image"
             )
             self.far.append(f"{source}: {message}")
-            # Imported here: coco.py imports this module (and owns the collectors).
-            from resdet.data.coco import note_problem
-
             note_problem(source, message)
 
     def log(self) -> None:

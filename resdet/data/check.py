@@ -30,10 +30,10 @@ from tqdm import tqdm
 
 from resdet.data.catalog import get_dataset
 from resdet.data.cifar import CIFAR10
-from resdet.data.coco import collect_problems
 from resdet.data.det_dataset import load_record_image
 from resdet.data.image_io import read_image
 from resdet.data.imagefolder import ImageFolderDataset
+from resdet.data.problems import collect_problems
 from resdet.data.records import DetectionRecord
 
 logger = logging.getLogger(__name__)

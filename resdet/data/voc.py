@@ -20,7 +20,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from resdet.data.box_bounds import ClippedBoxes
-from resdet.data.coco import ProblemLog, note_problem
+from resdet.data.problems import ProblemLog, note_problem
 from resdet.data.records import DatasetError, DatasetMeta, DetectionRecord
 
 logger = logging.getLogger(__name__)

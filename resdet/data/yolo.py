@@ -47,7 +47,7 @@ import numpy as np
 import yaml
 from PIL import Image, UnidentifiedImageError
 
-from resdet.data.coco import ProblemLog, note_problem
+from resdet.data.problems import ProblemLog, note_problem
 from resdet.data.records import DatasetError, DatasetMeta, DetectionRecord
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ import pytest
 from custom_data import make_yolo, write_image
 from PIL import Image
 
-from resdet.data.coco import collect_problems
 from resdet.data.image_io import read_image
+from resdet.data.problems import collect_problems
 from resdet.data.records import DatasetError
 from resdet.data.yolo import image_size, label_path, load_yolo, read_data_yaml
 

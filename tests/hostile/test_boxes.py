@@ -12,7 +12,8 @@ import pytest
 from conftest import run_tool
 
 from resdet.data.box_bounds import FAR_OUTSIDE_PX, outside_reach
-from resdet.data.coco import collect_problems, load_coco_json
+from resdet.data.coco import load_coco_json
+from resdet.data.problems import collect_problems
 from resdet.data.records import DatasetError
 from resdet.data.voc import load_voc
 

@@ -13,7 +13,7 @@ from tool_loader import load_tool
 from resdet.config import load_config
 from resdet.modeling.backbone.resnet import ResNet
 from resdet.modeling.detection.build import build_detector
-from resdet.utils.model_stats import (
+from resdet.modeling.stats import (
     classifier_stats,
     count_macs,
     default_input_size,
