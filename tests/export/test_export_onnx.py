@@ -1,6 +1,6 @@
-"""Export: the trace-friendly wrapper computes exactly what FasterRCNN computes, and the ONNX
-(onnxruntime) and TorchScript exports give the same detections at the traced size and at
-another size."""
+"""Export: the tracing adapter returns exactly what FasterRCNN returns, and the ONNX
+(onnxruntime) and TorchScript exports of the model's own forward give the model's detections at
+the traced size and at another size."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from resdet.export.onnx import (
     export_torchscript,
     run_onnx,
 )
-from resdet.export.traceable import TraceableDetector
+from resdet.export.adapter import TracingAdapter
 from resdet.modeling.detection.build import build_detector
 
 COMMON = [
@@ -64,9 +64,9 @@ def _eager(model, image: torch.Tensor):
 
 
 @pytest.mark.parametrize("arch", ["c4", "fpn"])
-def test_wrapper_equals_model(arch):
+def test_adapter_equals_model(arch):
     model = _detector(arch)
-    wrapper = TraceableDetector(model)
+    wrapper = TracingAdapter(model)
     for i, size in enumerate(SIZES):
         image = example_image(*size, seed=i)
         want = _eager(model, image)
