@@ -38,9 +38,7 @@ class ImageList(NamedTuple):
         return ImageList(batch, sizes)
 
     @staticmethod
-    def _traced_single(
-        tensor: torch.Tensor, size_divisibility: int, pad_value: float
-    ) -> ImageList:
+    def _traced_single(tensor: torch.Tensor, size_divisibility: int, pad_value: float) -> ImageList:
         """One image while tracing: the size and the padding stay graph values (the traced
         ``tensor.shape``), so the exported model pads any input size correctly; ``int()`` or a
         size comparison would freeze the example's size into the graph."""

@@ -44,6 +44,10 @@ ARCHS = {
         "MODEL.ROI_HEADS.POOLER_RESOLUTION", "7", "MODEL.ROI_HEADS.FC_DIM", "64",
     ],
 }  # fmt: skip
+# The poolers the C4 and FPN heads can use besides their defaults (RoIAlign aligned on C4,
+# torchvision's unaligned MultiScaleRoIAlign on FPN).
+ARCHS["c4_roipool"] = ARCHS["c4"] + ["MODEL.ROI_HEADS.POOLER_TYPE", "ROIPool"]
+ARCHS["fpn_aligned"] = ARCHS["fpn"] + ["MODEL.ROI_HEADS.POOLER_ALIGNED", "True"]
 SIZES = [(70, 90), (96, 64)]  # the traced size, then another one (not a multiple of 16)
 
 
@@ -78,7 +82,7 @@ def test_adapter_equals_model(arch):
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load.*is deprecated:FutureWarning")
-@pytest.mark.parametrize("arch", ["c4", "fpn"])
+@pytest.mark.parametrize("arch", ["c4", "fpn", "c4_roipool", "fpn_aligned"])
 def test_onnx_and_torchscript_match_pytorch(tmp_path, arch):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
@@ -108,6 +112,11 @@ def test_fixed_size_export_and_old_opset(tmp_path):
     export_onnx(model, path, example_image(*SIZES[0]), dynamic=False)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [1, 3, *SIZES[0]]
+    image = example_image(*SIZES[0], seed=5)
+    want = _eager(model, image)
+    assert len(want[0]) > 10
+    match = compare_detections(want, run_onnx(path, image, session))
+    assert match.ok and match.max_box_diff < 1e-2, f"fixed-size onnx: {match}"
     with pytest.raises(ValueError, match="opset >= 16"):
         export_onnx(model, str(tmp_path / "old.onnx"), example_image(*SIZES[0]), opset=11)
 
