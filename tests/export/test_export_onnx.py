@@ -13,6 +13,7 @@ from tool_loader import load_tool
 
 from resdet.config import config_to_dict, load_config
 from resdet.engine.checkpoint import save_checkpoint
+from resdet.export.adapter import TracingAdapter
 from resdet.export.onnx import (
     compare_detections,
     example_image,
@@ -20,7 +21,6 @@ from resdet.export.onnx import (
     export_torchscript,
     run_onnx,
 )
-from resdet.export.adapter import TracingAdapter
 from resdet.modeling.detection.build import build_detector
 
 COMMON = [
