@@ -158,7 +158,7 @@ class RPN(nn.Module):
         for i, (h, w) in enumerate(image_sizes):
             b, s, lv = clip_boxes_to_image(boxes[i], (h, w)), scores[i], levels
             # torchvision's remove_small_boxes test, kept as a mask: no in-place index_put / &=,
-            # which ONNX export cannot express, and one gather fewer in eager mode.
+            # which ONNX export cannot express, and one scatter fewer in eager mode.
             min_size = max(self.min_size, 1e-3)
             mask = torch.isfinite(b).all(dim=1) & torch.isfinite(s)
             mask = mask & (b[:, 2] - b[:, 0] >= min_size) & (b[:, 3] - b[:, 1] >= min_size)
