@@ -12,13 +12,15 @@ pads internally and returns ``boxes float32[D, 4]`` (xyxy in the input's pixels:
 resize factor for the original image), ``scores float32[D]`` and ``labels int64[D]`` (0..K-1).
 
 ONNX input H and W are dynamic unless ``--fixed``; the TorchScript trace reads sizes from the
-input as well. After exporting, both are run on the example size and on a second size and
-their detections compared with PyTorch's (exit status 1 on a mismatch).
+input as well. Export traces the model's own forward (``resdet.export.adapter``); after
+exporting, both are run on the example size and on a second size and their detections compared
+with the PyTorch model's own (exit status 1 on a mismatch).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -37,7 +39,7 @@ from resdet.utils.cli import tool_entry
 @torch.no_grad()
 def export_and_check(fmt: str, model, reference, args, example, other) -> bool:
     """Export ``model`` in ``fmt``; unless ``--no-check``, compare its detections with
-    ``reference`` (the PyTorch model) at the example size and at another size."""
+    ``reference`` (the PyTorch model's own) at the example size and at another size."""
     from resdet.export.onnx import compare_detections, export_onnx, export_torchscript, run_onnx
 
     t0 = time.perf_counter()
@@ -90,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from resdet.config import ConfigError
     from resdet.data.det_transforms import resize_scale
-    from resdet.export.onnx import example_image
-    from resdet.export.traceable import TraceableDetector
+    from resdet.export.onnx import example_image, model_detections
     from resdet.predictor import Predictor
 
     try:
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     example = example_image(*size, seed=0)
     # A second, differently shaped input checks that sizes were not frozen into the graph.
     other = example_image(max(32, size[0] * 3 // 4), max(32, size[1] * 5 // 6), seed=1)
-    reference = TraceableDetector(model)
+    reference = functools.partial(model_detections, model)  # the model itself, eager
     formats = ("onnx", "torchscript") if args.format == "all" else (args.format,)
     ok = True
     for fmt in formats:

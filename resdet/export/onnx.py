@@ -1,10 +1,12 @@
 """TorchScript and ONNX export of a Faster R-CNN, and checks that the export computes the same.
 
-Both exports trace :class:`resdet.export.traceable.TraceableDetector`: one image
-``float32[1, 3, H, W]`` (RGB 0-255, already resized to the model's test size) in,
+Both exports trace the model's own forward through :class:`resdet.export.adapter.TracingAdapter`:
+one image ``float32[1, 3, H, W]`` (RGB 0-255, already resized to the model's test size) in,
 ``(boxes float32[D, 4] xyxy in the input's pixels, scores float32[D], labels int64[D])`` out.
-Sizes are read from the input tensor inside the graph, so both exports accept other image sizes;
-``dynamic=False`` pins the ONNX input to the example's size (some runtimes optimise better).
+The model reads sizes from the input tensor in a way the tracer records, so both exports accept
+other image sizes; ``dynamic=False`` pins the ONNX input to the example's size (some runtimes
+optimise better). The check of an export compares it with the model itself
+(:func:`model_detections`).
 
 ONNX goes through the TorchScript-based exporter (``dynamo=False``): torchvision registers its
 ``nms``, ``roi_align`` and ``roi_pool`` symbolics there. Opset 16+ is needed for
@@ -22,7 +24,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from resdet.export.traceable import TraceableDetector
+from resdet.export.adapter import TracingAdapter, check_image
 from resdet.modeling.detection.faster_rcnn import FasterRCNN
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ __all__ = [
     "example_image",
     "export_onnx",
     "export_torchscript",
+    "model_detections",
     "run_onnx",
 ]
 
@@ -47,12 +50,26 @@ def example_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear")
 
 
+@torch.no_grad()
+def model_detections(model: torch.nn.Module, image: torch.Tensor) -> Dets:
+    """The eval-mode ``model``'s own detections for ``image`` ``float32[1, 3, H, W]`` (what an
+    export of it must reproduce), as numpy ``(boxes [D, 4], scores [D], labels [D])``."""
+    was_training = model.training
+    try:
+        boxes, scores, labels = TracingAdapter(model)(image)
+    finally:
+        model.train(was_training)
+    return boxes.numpy(), scores.numpy(), labels.numpy()
+
+
 def _trace_quietly(fn, *args, **kwargs):
-    # The tracer warns about every Python bool/float it meets; the ones left in the wrapper are
-    # constants of the model (strides, FPN level scales), not of the input size.
+    # The tracer warns about every Python bool/float it meets; the ones left in the model's
+    # forward are constants of the model (strides, FPN level scales), not of the input size.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+        # torchvision's clip_boxes_to_image copies the traced image size with torch.tensor().
+        warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
         # torch.jit.trace and the TorchScript-based ONNX exporter are deprecated in torch 2.9+
         # but still the only path for torchvision's nms / roi_align (see the module docstring).
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -67,7 +84,8 @@ def export_torchscript(
 
     Load with ``torch.jit.load(path)``; call with an image of any size, same layout.
     """
-    wrapper = TraceableDetector(model.cpu())
+    check_image(example)
+    wrapper = TracingAdapter(model.cpu())
     with torch.no_grad():
         traced = _trace_quietly(torch.jit.trace, wrapper, (example,), check_trace=False)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -103,7 +121,8 @@ def export_onnx(
         import onnx
     except ImportError as e:
         raise ImportError("ONNX export needs the onnx package: pip install 'resdet[onnx]'") from e
-    wrapper = TraceableDetector(model.cpu())
+    check_image(example)
+    wrapper = TracingAdapter(model.cpu())
     axes = {"boxes": {0: "detections"}, "scores": {0: "detections"}, "labels": {0: "detections"}}
     if dynamic:
         axes["image"] = {2: "height", 3: "width"}

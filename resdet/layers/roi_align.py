@@ -315,7 +315,8 @@ class MultiScaleRoIAlign(_TorchvisionMultiScaleRoIAlign):
         levels = self.map_levels(boxes) if len(features) > 1 else torch.zeros_like(rois[:, 0])
         levels = levels.to(torch.long)
         first = features[0]
-        out = first.new_zeros((len(rois), first.shape[1], *self.output_size))
+        # rois.shape[0], not len(rois): while tracing, the RoI count stays a graph value.
+        out = first.new_zeros((rois.shape[0], first.shape[1], *self.output_size))
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             index = torch.where(levels == level)[0]
             pooled = roi_align(

@@ -1,6 +1,6 @@
-"""Export: the trace-friendly wrapper computes exactly what FasterRCNN computes, and the ONNX
-(onnxruntime) and TorchScript exports give the same detections at the traced size and at
-another size."""
+"""Export: the tracing adapter returns exactly what FasterRCNN returns, and the ONNX
+(onnxruntime) and TorchScript exports of the model's own forward give the model's detections at
+the traced size and at another size."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from tool_loader import load_tool
 
 from resdet.config import config_to_dict, load_config
 from resdet.engine.checkpoint import save_checkpoint
+from resdet.export.adapter import TracingAdapter
 from resdet.export.onnx import (
     compare_detections,
     example_image,
@@ -20,7 +21,6 @@ from resdet.export.onnx import (
     export_torchscript,
     run_onnx,
 )
-from resdet.export.traceable import TraceableDetector
 from resdet.modeling.detection.build import build_detector
 
 COMMON = [
@@ -44,6 +44,10 @@ ARCHS = {
         "MODEL.ROI_HEADS.POOLER_RESOLUTION", "7", "MODEL.ROI_HEADS.FC_DIM", "64",
     ],
 }  # fmt: skip
+# The poolers the C4 and FPN heads can use besides their defaults (RoIAlign aligned on C4,
+# torchvision's unaligned MultiScaleRoIAlign on FPN).
+ARCHS["c4_roipool"] = ARCHS["c4"] + ["MODEL.ROI_HEADS.POOLER_TYPE", "ROIPool"]
+ARCHS["fpn_aligned"] = ARCHS["fpn"] + ["MODEL.ROI_HEADS.POOLER_ALIGNED", "True"]
 SIZES = [(70, 90), (96, 64)]  # the traced size, then another one (not a multiple of 16)
 
 
@@ -64,9 +68,9 @@ def _eager(model, image: torch.Tensor):
 
 
 @pytest.mark.parametrize("arch", ["c4", "fpn"])
-def test_wrapper_equals_model(arch):
+def test_adapter_equals_model(arch):
     model = _detector(arch)
-    wrapper = TraceableDetector(model)
+    wrapper = TracingAdapter(model)
     for i, size in enumerate(SIZES):
         image = example_image(*size, seed=i)
         want = _eager(model, image)
@@ -78,7 +82,7 @@ def test_wrapper_equals_model(arch):
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load.*is deprecated:FutureWarning")
-@pytest.mark.parametrize("arch", ["c4", "fpn"])
+@pytest.mark.parametrize("arch", ["c4", "fpn", "c4_roipool", "fpn_aligned"])
 def test_onnx_and_torchscript_match_pytorch(tmp_path, arch):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
@@ -108,6 +112,11 @@ def test_fixed_size_export_and_old_opset(tmp_path):
     export_onnx(model, path, example_image(*SIZES[0]), dynamic=False)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [1, 3, *SIZES[0]]
+    image = example_image(*SIZES[0], seed=5)
+    want = _eager(model, image)
+    assert len(want[0]) > 10
+    match = compare_detections(want, run_onnx(path, image, session))
+    assert match.ok and match.max_box_diff < 1e-2, f"fixed-size onnx: {match}"
     with pytest.raises(ValueError, match="opset >= 16"):
         export_onnx(model, str(tmp_path / "old.onnx"), example_image(*SIZES[0]), opset=11)
 

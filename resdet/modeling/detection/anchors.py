@@ -82,9 +82,15 @@ class AnchorGenerator(nn.Module):
         self._cache: Dict[Tuple, List[torch.Tensor]] = {}
 
     def grid_anchors(self, grid_sizes: Sequence[Tuple[int, int]]) -> List[torch.Tensor]:
-        """``[float32[H_l * W_l * A, 4]]`` per level, ordered (y, x, anchor)."""
+        """``[float32[H_l * W_l * A, 4]]`` per level, ordered (y, x, anchor).
+
+        ``grid_sizes`` are Python ints in eager mode (the result is cached per size) and the
+        traced 0-dim sizes while tracing, where nothing is cached: the grids are then computed
+        in the graph from the input's size.
+        """
+        tracing = torch.jit.is_tracing()
         key = (tuple(grid_sizes), str(self.cell_0.device))
-        if key in self._cache:
+        if not tracing and key in self._cache:
             return self._cache[key]
         out = []
         input_h, input_w = (s * self.strides[0] for s in grid_sizes[0])
@@ -97,6 +103,8 @@ class AnchorGenerator(nn.Module):
             sy, sx = torch.meshgrid(ys, xs, indexing="ij")
             shifts = torch.stack([sx, sy, sx, sy], dim=-1).reshape(-1, 1, 4)
             out.append((shifts + cell.view(1, -1, 4)).reshape(-1, 4))
+        if tracing:
+            return out
         if len(self._cache) > 32:  # many distinct input sizes: keep the cache bounded
             self._cache.clear()
         self._cache[key] = out

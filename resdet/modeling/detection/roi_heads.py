@@ -186,7 +186,7 @@ class ROIHeads(nn.Module):
         results = []
         start = 0
         for props, size in zip(proposals, image_sizes):
-            end = start + len(props)
+            end = start + props.shape[0]  # not len(): a traced size stays in the graph
             scores, boxes = scores_all[start:end], boxes_all[start:end]
             start = end
             boxes = clip_boxes_to_image(boxes.reshape(-1, 4), size).view(-1, k, 4)

@@ -13,9 +13,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
 from resdet.layers.fuse import FusedConv2d
+from resdet.layers.tracing import topk_min
 from resdet.modeling.detection.anchors import AnchorGenerator
 from resdet.modeling.detection.box_coder import BoxCoder
 from resdet.modeling.detection.losses import box_regression_loss
@@ -140,14 +141,15 @@ class RPN(nn.Module):
         pre_k, post_k = self.pre_nms_topk[self.training], self.post_nms_topk[self.training]
         boxes_all, scores_all, levels_all = [], [], []
         for lvl, (a, lg, dl) in enumerate(zip(anchors, logits, deltas)):
-            k = min(pre_k, lg.shape[1])
+            # A traced size while tracing: a smaller input has fewer anchors than pre_k.
+            k = topk_min(lg, pre_k, 1)
             # Top-k on logits before decoding: decoding all ~100k anchors would be wasted work.
             top, idx = lg.float().topk(k, dim=1)
             sel = dl.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4))
-            boxes = self.box_coder.decode(sel.reshape(-1, 4), a[idx.reshape(-1)]).view(n, k, 4)
+            boxes = self.box_coder.decode(sel.reshape(-1, 4), a[idx.reshape(-1)]).view(n, -1, 4)
             boxes_all.append(boxes)
             scores_all.append(top)
-            levels_all.append(torch.full((k,), lvl, dtype=torch.int64, device=top.device))
+            levels_all.append(torch.full_like(idx[0], lvl))
         boxes = torch.cat(boxes_all, dim=1)
         scores = torch.cat(scores_all, dim=1)
         if self.sigmoid_scores:
@@ -156,11 +158,11 @@ class RPN(nn.Module):
         out = []
         for i, (h, w) in enumerate(image_sizes):
             b, s, lv = clip_boxes_to_image(boxes[i], (h, w)), scores[i], levels
-            valid = torch.isfinite(b).all(dim=1) & torch.isfinite(s)
-            keep = remove_small_boxes(b, max(self.min_size, 1e-3))
-            mask = torch.zeros_like(valid)
-            mask[keep] = True
-            mask &= valid
+            # torchvision's remove_small_boxes test, kept as a mask: no in-place index_put / &=,
+            # which ONNX export cannot express, and one scatter fewer in eager mode.
+            min_size = max(self.min_size, 1e-3)
+            mask = torch.isfinite(b).all(dim=1) & torch.isfinite(s)
+            mask = mask & (b[:, 2] - b[:, 0] >= min_size) & (b[:, 3] - b[:, 1] >= min_size)
             b, s, lv = b[mask], s[mask], lv[mask]
             # NMS within each level (FPN), then the best post_k over all levels, as detectron2.
             keep = batched_nms(b, s, lv, self.nms_thresh)[:post_k]
