@@ -29,6 +29,11 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from resdet.config.schema import Config
+from resdet.data.det_dataset import DetectionDataset
+from resdet.data.det_transforms import build_det_transforms
+from resdet.data.records import DetectionRecord
+
 logger = logging.getLogger(__name__)
 
 
@@ -274,4 +279,37 @@ def build_detection_loader(
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
         generator=torch.Generator().manual_seed(seed + rank),
+    )
+
+
+def build_detection_test_loader(
+    cfg: Config,
+    records: Sequence[DetectionRecord],
+    *,
+    distributed: bool = False,
+    drop_difficult: bool = False,
+) -> DataLoader:
+    """The loader of a detection test set: ``INPUT.MIN/MAX_SIZE_TEST`` resize, no flip, the
+    dataset order, ``TEST.IMS_PER_BATCH`` images a batch.
+
+    With ``DATASETS.ON_ERROR skip`` an unreadable test image becomes a grey one (logged): every
+    image id still gets an answer, so an evaluation counts its objects as missed instead of
+    failing. ``drop_difficult`` leaves VOC's difficult objects out of the targets (the
+    validation loss, like training); evaluation keeps them (the VOC devkit ignores them).
+    """
+    transform = build_det_transforms(
+        cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, 0.0, is_train=False
+    )
+    on_error = "blank" if cfg.DATASETS.ON_ERROR == "skip" else "raise"
+    dataset = DetectionDataset(
+        list(records), transform, drop_difficult=drop_difficult, on_error=on_error
+    )
+    return build_detection_loader(
+        dataset,
+        cfg.TEST.IMS_PER_BATCH,
+        cfg.DATALOADER.NUM_WORKERS,
+        shuffle=False,
+        seed=cfg.SEED,
+        aspect_grouping=False,
+        distributed=distributed,
     )

@@ -30,7 +30,7 @@ from resdet.data.coco import filter_empty
 from resdet.data.det_dataset import DetectionDataset
 from resdet.data.det_transforms import build_det_transforms
 from resdet.data.image_io import set_max_image_pixels
-from resdet.data.loader import build_detection_loader
+from resdet.data.loader import build_detection_loader, build_detection_test_loader
 from resdet.data.records import DatasetMeta, DetectionRecord
 from resdet.engine.amp import autocast_factory, build_grad_scaler
 from resdet.engine.checkpoint import (
@@ -123,22 +123,13 @@ def resolve_num_classes(cfg: Config, eval_only: bool = False) -> Config:
     return resolved
 
 
-def build_test_loader(cfg: Config, records: List[DetectionRecord]) -> DataLoader:
-    transform = build_det_transforms(
-        cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, 0.0, is_train=False
-    )
-    # With ON_ERROR skip an unreadable test image becomes a grey one (logged): every image id
-    # still gets an answer, so the evaluation counts its objects as missed instead of failing.
-    on_error = "blank" if cfg.DATASETS.ON_ERROR == "skip" else "raise"
-    dataset = DetectionDataset(records, transform, drop_difficult=False, on_error=on_error)
-    return build_detection_loader(
-        dataset,
-        cfg.TEST.IMS_PER_BATCH,
-        cfg.DATALOADER.NUM_WORKERS,
-        shuffle=False,
-        seed=cfg.SEED,
-        aspect_grouping=False,
-        distributed=get_world_size() > 1,
+def build_test_loader(
+    cfg: Config, records: List[DetectionRecord], drop_difficult: bool = False
+) -> DataLoader:
+    """The loader of a test set: :func:`resdet.data.loader.build_detection_test_loader` with
+    this process's distributed setting."""
+    return build_detection_test_loader(
+        cfg, records, distributed=get_world_size() > 1, drop_difficult=drop_difficult
     )
 
 

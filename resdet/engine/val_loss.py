@@ -22,9 +22,7 @@ import torch
 import torch.nn as nn
 
 from resdet.config.schema import Config
-from resdet.data.det_dataset import DetectionDataset
-from resdet.data.det_transforms import build_det_transforms
-from resdet.data.loader import build_detection_loader
+from resdet.data.loader import build_detection_test_loader
 from resdet.data.records import DatasetMeta, DetectionRecord
 from resdet.engine.checkpoint import unwrap_model
 from resdet.engine.dist import all_reduce_dict, get_world_size
@@ -72,23 +70,12 @@ def detection_val_losses(
         same keys as :func:`~resdet.engine.detection.evaluate_detector`'s metrics.
     """
     model = unwrap_model(model)
-    transform = build_det_transforms(
-        cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, 0.0, is_train=False
-    )
-    on_error = "blank" if cfg.DATASETS.ON_ERROR == "skip" else "raise"
     results: Dict[str, float] = {}
     with torch.random.fork_rng(devices=_all_cuda_devices()), loss_mode(model):
         torch.manual_seed(cfg.SEED)
         for name, records, _ in test_sets:
-            dataset = DetectionDataset(records, transform, drop_difficult=True, on_error=on_error)
-            loader = build_detection_loader(
-                dataset,
-                cfg.TEST.IMS_PER_BATCH,
-                cfg.DATALOADER.NUM_WORKERS,
-                shuffle=False,
-                seed=cfg.SEED,
-                aspect_grouping=False,
-                distributed=get_world_size() > 1,
+            loader = build_detection_test_loader(
+                cfg, records, distributed=get_world_size() > 1, drop_difficult=True
             )
             sums: Dict[str, float] = defaultdict(float)
             count = 0
