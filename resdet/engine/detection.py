@@ -258,6 +258,10 @@ def input_convention_mismatches(source: Any, cfg: Config) -> List[str]:
         ours: Any = cfg
         for key in path:
             ours = getattr(ours, key)
+        if path[-1] == "POOLER_ALIGNED":  # None: the head's default (C4 aligned, FPN not)
+            head = ((source.get("MODEL") or {}).get("ROI_HEADS") or {}).get("NAME")
+            theirs = (head == "c4") if theirs is None and head else theirs
+            ours = (cfg.MODEL.ROI_HEADS.NAME == "c4") if ours is None else ours
         if theirs is not None and theirs != ours:
             key = ".".join(path)
             problems.append(
