@@ -10,7 +10,7 @@ import copy
 import json
 import logging
 import os
-from typing import Any, Callable, ContextManager, Dict, List, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -35,7 +35,6 @@ from resdet.data.records import DatasetMeta, DetectionRecord
 from resdet.engine.amp import autocast_factory, build_grad_scaler
 from resdet.engine.checkpoint import (
     Checkpointer,
-    load_checkpoint,
     load_model_weights,
     require_checkpoint_file,
 )
@@ -48,7 +47,6 @@ from resdet.engine.dist import (
     init_distributed,
     is_main_process,
 )
-from resdet.engine.head_transfer import transfer_box_predictor
 from resdet.engine.hooks import (
     CheckpointHook,
     EvalHook,
@@ -57,6 +55,7 @@ from resdet.engine.hooks import (
     MetricsWriter,
     ProgressHook,
 )
+from resdet.engine.initial_weights import load_initial_weights
 from resdet.engine.optim import build_lr_scheduler, build_optimizer
 from resdet.engine.runtime import resolve_device, seed_everything
 from resdet.engine.selection import build_selection_hooks
@@ -65,7 +64,6 @@ from resdet.engine.val_loss import detection_val_losses
 from resdet.evaluation.coco import COCOEvaluator
 from resdet.evaluation.voc import VOCEvaluator
 from resdet.modeling.detection.build import build_detector
-from resdet.modeling.detection.faster_rcnn import FasterRCNN
 from resdet.utils.logging import close_logging, setup_logging
 from resdet.utils.output import check_output_dir, estimate_checkpoint_bytes, require_free_space
 
@@ -225,79 +223,6 @@ def write_reports(
         logger.info("evaluation report of %s: %s", name, os.path.join(target, "report.md"))
 
 
-# Keys whose value the weights were trained with and the detector must use too: the tensors
-# have the same shapes either way, so a mismatch would train silently wrong. The last group
-# only exists in a whole detector (MODEL.WEIGHTS), e.g. one converted from torchvision.
-_INPUT_CONVENTIONS = (
-    ("MODEL", "BACKBONE", "STRIDE_IN_1X1"),
-    ("MODEL", "INPUT_FORMAT"),
-    ("MODEL", "PIXEL_MEAN"),
-    ("MODEL", "PIXEL_STD"),
-    ("MODEL", "PIXEL_SCALE"),
-    ("MODEL", "ANCHOR", "SIZES"),
-    ("MODEL", "ANCHOR", "ASPECT_RATIOS"),
-    ("MODEL", "ANCHOR", "ROUND"),
-    ("MODEL", "ANCHOR", "STRIDE_FROM_INPUT"),
-    ("MODEL", "RPN", "BBOX_REG_WEIGHTS"),
-    ("MODEL", "ROI_HEADS", "POOLER_ALIGNED"),
-    ("MODEL", "ROI_HEADS", "POOLER_SAMPLING_RATIO"),
-    ("MODEL", "ROI_HEADS", "BBOX_REG_WEIGHTS"),
-)
-
-
-def input_convention_mismatches(source: Any, cfg: Config) -> List[str]:
-    """Differences between a checkpoint's stored config dict and ``cfg`` that change what the
-    weights compute (stride placement, channel order, pixel statistics)."""
-    if not isinstance(source, dict):
-        return []
-    problems = []
-    for path in _INPUT_CONVENTIONS:
-        theirs: Any = source
-        for key in path:
-            theirs = theirs.get(key) if isinstance(theirs, dict) else None
-        ours: Any = cfg
-        for key in path:
-            ours = getattr(ours, key)
-        if path[-1] == "POOLER_ALIGNED":  # None: the head's default (C4 aligned, FPN not)
-            head = ((source.get("MODEL") or {}).get("ROI_HEADS") or {}).get("NAME")
-            theirs = (head == "c4") if theirs is None and head else theirs
-            ours = (cfg.MODEL.ROI_HEADS.NAME == "c4") if ours is None else ours
-        if theirs is not None and theirs != ours:
-            key = ".".join(path)
-            problems.append(
-                f"the weights were trained with {key} {theirs} but this config has {ours}; "
-                f"set {key} {theirs} unless you mean to change it"
-            )
-    return problems
-
-
-def _load_initial_weights(
-    model: FasterRCNN, cfg: Config, weights: str, class_names: Sequence[str]
-) -> None:
-    if weights or cfg.MODEL.WEIGHTS:
-        # A whole detector, possibly of other classes: the box predictor is rebuilt for the
-        # training set's classes, copying the rows of the classes both name (head_transfer).
-        path = weights or cfg.MODEL.WEIGHTS
-        checkpoint = load_checkpoint(path)
-        for problem in input_convention_mismatches(checkpoint.get("config"), cfg):
-            logger.warning("%s: %s", path, problem)
-        source_names = (checkpoint.get("extra") or {}).get("class_names")
-        sd = transfer_box_predictor(
-            checkpoint["model"], model.state_dict(), source_names, class_names, path
-        )
-        load_model_weights(model, sd, source=path)
-    elif cfg.MODEL.BACKBONE.PRETRAINED:
-        # A classification checkpoint: same ResNet keys, only fc.* is left over (logged).
-        path = cfg.MODEL.BACKBONE.PRETRAINED
-        logger.info("initialising the backbone from %s", path)
-        checkpoint = load_checkpoint(path)
-        for problem in input_convention_mismatches(checkpoint.get("config"), cfg):
-            logger.warning("%s: %s", path, problem)
-        load_model_weights(model.resnet, checkpoint, source=path)
-    else:
-        logger.warning("no MODEL.WEIGHTS or MODEL.BACKBONE.PRETRAINED: training from scratch")
-
-
 def run(
     cfg: Config, resume: bool = False, eval_only: bool = False, weights: str = ""
 ) -> Dict[str, float]:
@@ -400,7 +325,7 @@ def _run(cfg: Config, resume: bool, eval_only: bool, weights: str) -> Dict[str, 
     else:
         if resume:
             logger.info("--resume: no checkpoint in %s, starting from scratch", out)
-        _load_initial_weights(model, cfg, weights, train_meta.class_names)
+        load_initial_weights(model, cfg, weights, train_meta.class_names)
 
     check_same_on_all_ranks(start_iter, "the iteration to start from")
     prepare_for_training(model, cfg, device)  # in place: the optimizer's tensors stay

@@ -16,7 +16,7 @@ def test_report_adds_the_coco_evaluator_to_any_dataset():
 
 def test_pooler_aligned_compares_effective_values():
     from resdet.config.load import config_to_dict
-    from resdet.engine.detection import input_convention_mismatches
+    from resdet.engine.initial_weights import input_convention_mismatches
 
     fpn = load_config("configs/coco_r50_fpn.yaml")  # POOLER_ALIGNED None: FPN pools unaligned
     source = config_to_dict(load_config("configs/coco_r50_fpn.yaml"))

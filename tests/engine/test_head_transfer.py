@@ -12,8 +12,8 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from resdet.config.load import config_from_dict
 from resdet.data.voc import VOC_CLASSES
 from resdet.engine.checkpoint import load_checkpoint, save_checkpoint
-from resdet.engine.detection import _load_initial_weights
 from resdet.engine.head_transfer import canonical_class_name, match_classes
+from resdet.engine.initial_weights import load_initial_weights
 from resdet.export.convert import convert_weights
 from resdet.export.convert_detector import coco_categories
 from resdet.modeling.detection.build import build_detector
@@ -55,7 +55,7 @@ def test_three_classes_by_name_keep_the_source_rows(tv_r18, caplog):
     model, cfg = _target_model(path, 3)
     names = ["Dog", "person", "motorbike"]  # COCO ids 18, 1, 4 (motorbike: motorcycle)
     with caplog.at_level(logging.WARNING):
-        _load_initial_weights(model, cfg, path, names)
+        load_initial_weights(model, cfg, path, names)
     x = torch.randn(6, 1024, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         tv_logits, tv_deltas = tv.roi_heads.box_predictor(x)
@@ -77,7 +77,7 @@ def test_unmatched_classes_start_fresh_and_are_listed(tv_r18, caplog):
     model, cfg = _target_model(path, 2)
     fresh = model.roi_heads.predictor.cls_score.weight[1].clone()
     with caplog.at_level(logging.WARNING):
-        _load_initial_weights(model, cfg, path, ["cat", "unicorn"])
+        load_initial_weights(model, cfg, path, ["cat", "unicorn"])
     assert torch.equal(model.roi_heads.predictor.cls_score.weight[1], fresh)
     assert "1 of 2 classes copied by name (cat<-cat)" in caplog.text
     assert "1 start fresh: unicorn" in caplog.text
@@ -92,7 +92,7 @@ def test_without_names_the_predictor_is_reinitialised(tv_r18, tmp_path, caplog):
     model, cfg = _target_model(path, 5)
     before = model.roi_heads.predictor.bbox_pred.weight.clone()
     with caplog.at_level(logging.WARNING):
-        _load_initial_weights(model, cfg, anonymous, [f"c{i}" for i in range(5)])
+        load_initial_weights(model, cfg, anonymous, [f"c{i}" for i in range(5)])
     assert torch.equal(model.roi_heads.predictor.bbox_pred.weight, before)
     for key in ("cls_score.weight", "cls_score.bias", "bbox_pred.weight", "bbox_pred.bias"):
         assert f"roi_heads.predictor.{key}" in caplog.text
@@ -105,4 +105,4 @@ def test_other_shape_mismatch_is_still_an_error(tv_r18):
     cfg.MODEL.ROI_HEADS.FC_DIM = 512
     model = build_detector(cfg)
     with pytest.raises(ValueError, match=r"tv18_resdet.pth.*roi_heads.box_head.fc1.weight"):
-        _load_initial_weights(model, cfg, path, coco_categories()[0])
+        load_initial_weights(model, cfg, path, coco_categories()[0])

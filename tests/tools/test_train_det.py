@@ -132,7 +132,7 @@ def test_mistyped_key_and_missing_dataset_are_clear_errors(tiny, tmp_path, monke
 
 def test_backbone_weights_with_other_input_conventions_are_flagged() -> None:
     from resdet.config import config_to_dict, load_config
-    from resdet.engine.detection import input_convention_mismatches
+    from resdet.engine.initial_weights import input_convention_mismatches
 
     cfg = load_config(None)
     msra = config_to_dict(load_config(None, ["MODEL.INPUT_FORMAT", "BGR",
