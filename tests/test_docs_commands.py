@@ -64,7 +64,11 @@ def doc_commands() -> List[Tuple[str, int, List[str]]]:
             if text.rstrip().endswith("\\"):
                 pending += text.rstrip()[:-1] + " "
                 continue
-            words = shlex.split(pending + text, comments=True)
+            line_text = pending + text
+            if line_text.split()[:1] not in (["python"], ["torchrun"], ["make"]):
+                pending = ""  # prose or a diagram in a code block (quotes need not pair)
+                continue
+            words = shlex.split(line_text, comments=True)
             pending = ""
             # Tool and make commands; ``python -c`` / ``python -m`` lines run no tool.
             tool = any(w.endswith(".py") for w in words)
