@@ -129,6 +129,8 @@ def test_traced_anchors_take_their_strides_from_the_input(torchvision_and_conver
     want = gen(feats(160, 256))
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     a = cfg.MODEL.ANCHOR
-    nominal = AnchorGenerator(a.SIZES, a.ASPECT_RATIOS, strides, round_anchors=True)
+    nominal = AnchorGenerator(
+        a.SIZES, aspect_ratios=a.ASPECT_RATIOS, strides=strides, round_anchors=True
+    )
     nominal = nominal(feats(160, 256))
     assert not torch.equal(got[-1], nominal[-1]) and torch.equal(got[0], nominal[0])
