@@ -32,10 +32,15 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from resdet.config.load import ConfigError, config_to_dict, load_config
 from resdet.config.schema import Config
-from resdet.data.catalog import datasets_root
-from resdet.data.shapes import generate_shapes, shapes_paths, validate_shapes
+from resdet.data.shapes import shapes_paths
 from resdet.utils.logging import close_logging, setup_logging
-from resdet_apps.demo_steps import Background, StepTimer, prepare_step
+from resdet_apps.demo_steps import (
+    Background,
+    StepTimer,
+    prepare_step,
+    schedule_and_data_root,
+    shapes_step,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -251,11 +256,7 @@ def run_degradation(opts: DegradationOptions) -> Dict[str, Any]:
 
     from resdet_apps import degradation_report
 
-    sch = SCHEDULES.get(opts.schedule)
-    if sch is None:
-        raise ConfigError(f"unknown schedule '{opts.schedule}'; use {sorted(SCHEDULES)}")
-    default_root = "shapes_c32_quick" if opts.schedule == "quick" else "shapes_c32"
-    data_root = opts.data_root or os.path.join(datasets_root(), default_root)
+    sch, data_root = schedule_and_data_root(SCHEDULES, opts.schedule, opts.data_root, "shapes_c32")
     configs = build_configs(opts, data_root)
     os.makedirs(opts.output, exist_ok=True)
     setup_logging(opts.output)
@@ -265,12 +266,8 @@ def run_degradation(opts: DegradationOptions) -> Dict[str, Any]:
     torch.set_num_threads(1)
     background: Background | None = None
     try:
-        data_args = dict(num_train=sch.num_train, num_val=sch.num_val, crop_size=32)
-
-        def data() -> str:
-            fresh = not validate_shapes(data_root, **data_args)
-            generate_shapes(data_root, workers=opts.workers, **data_args)
-            return "ran" if fresh else "skipped"
+        data = shapes_step(data_root, opts.workers, num_train=sch.num_train,
+                           num_val=sch.num_val, crop_size=32)  # fmt: skip
 
         timer.run("data", data)
         # Two chains of equal cost: each trains one deep and one shallow net (deep first, so

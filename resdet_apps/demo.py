@@ -39,11 +39,17 @@ from resdet.data.catalog import (
     register_coco_instances,
     register_dataset,
 )
-from resdet.data.shapes import generate_shapes, shapes_paths, validate_shapes
+from resdet.data.shapes import shapes_paths
 from resdet.engine import classification, detection
 from resdet.utils.logging import close_logging, setup_logging
 from resdet.utils.machine import cpu_has_native_bf16
-from resdet_apps.demo_steps import Background, StepTimer, prepare_step
+from resdet_apps.demo_steps import (
+    Background,
+    StepTimer,
+    prepare_step,
+    schedule_and_data_root,
+    shapes_step,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -307,11 +313,7 @@ def run_demo(opts: DemoOptions) -> Dict[str, Any]:
 
     from resdet_apps import demo_report  # matplotlib and opencv drawing: only when needed
 
-    sch = SCHEDULES.get(opts.schedule)
-    if sch is None:
-        raise ConfigError(f"unknown demo schedule '{opts.schedule}'; use {sorted(SCHEDULES)}")
-    default_root = "shapes_quick" if opts.schedule == "quick" else "shapes"
-    data_root = opts.data_root or os.path.join(datasets_root(), default_root)
+    sch, data_root = schedule_and_data_root(SCHEDULES, opts.schedule, opts.data_root, "shapes")
     os.makedirs(opts.output, exist_ok=True)
     setup_logging(opts.output)
     t_start = time.perf_counter()
@@ -322,11 +324,8 @@ def run_demo(opts: DemoOptions) -> Dict[str, Any]:
     try:
         configs, val = build_configs(opts, data_root)
 
-        def data() -> str:
-            args = dict(num_train=sch.num_train, num_val=sch.num_val, crop_size=sch.crop_size)
-            fresh = not validate_shapes(data_root, **args)
-            generate_shapes(data_root, workers=opts.workers, **args)
-            return "ran" if fresh else "skipped"
+        data = shapes_step(data_root, opts.workers, num_train=sch.num_train,
+                           num_val=sch.num_val, crop_size=sch.crop_size)  # fmt: skip
 
         def step(name: str, fn: Callable[[], str]) -> None:
             logger.info("demo step '%s'", name)

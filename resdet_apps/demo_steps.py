@@ -17,11 +17,45 @@ import os
 import queue
 import shutil
 import time
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Mapping, Tuple, TypeVar
+
+from resdet.config.load import ConfigError
+from resdet.data.catalog import datasets_root
+from resdet.data.shapes import generate_shapes, validate_shapes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Background", "StepTimer", "prepare_step"]
+__all__ = ["Background", "StepTimer", "prepare_step", "schedule_and_data_root", "shapes_step"]
+
+S = TypeVar("S")
+
+
+def schedule_and_data_root(
+    schedules: Mapping[str, S], name: str, data_root: str, default_root: str
+) -> Tuple[S, str]:
+    """The schedule called ``name`` and the data folder: ``data_root``, else
+    ``<datasets root>/<default_root>`` (``_quick`` added for the quick schedule).
+
+    Raises:
+        ConfigError: no schedule of that name (the message lists them).
+    """
+    sch = schedules.get(name)
+    if sch is None:
+        raise ConfigError(f"unknown schedule '{name}'; use {sorted(schedules)}")
+    folder = default_root + ("_quick" if name == "quick" else "")
+    return sch, data_root or os.path.join(datasets_root(), folder)
+
+
+def shapes_step(data_root: str, workers: int, **shape_args: Any) -> Callable[[], str]:
+    """A step generating the shapes dataset into ``data_root`` unless it is already complete
+    with these settings; it returns ``"ran"`` or ``"skipped"`` for the :class:`StepTimer`."""
+
+    def data() -> str:
+        fresh = not validate_shapes(data_root, **shape_args)
+        generate_shapes(data_root, workers=workers, **shape_args)
+        return "ran" if fresh else "skipped"
+
+    return data
 
 
 class StepTimer:
