@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from resdet.accel import inference_model
+from resdet.accel import inference_model, set_threads
 from resdet.config.load import config_from_dict, load_config, save_config
 from resdet.config.schema import Config
 from resdet.data.catalog import dataset_class_names
@@ -234,6 +234,7 @@ class Predictor:
                 "checkpoint? Detector weights come from tools/train_det.py."
             )
         self.model = model.to(self.device).eval()
+        set_threads(cfg.ACCEL.THREADS)  # 0 (the default) keeps the process's count
         # What __call__ runs: a folded (and on CPU fused) copy with TEST.FAST_INFERENCE;
         # ``model`` stays the plain module (tools/export.py traces it).
         self.inference_model = inference_model(self.model, cfg)

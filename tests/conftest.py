@@ -6,8 +6,15 @@ depend on the core count.
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Fast paths by the fixed CPU-capability rule, untimed: the suite's results must not depend on
+# a measurement, and its many tiny models would each be timed once. The measured rule has its
+# own tests (tests/test_accel_measure.py), which set the mode themselves. Inherited by the
+# tools the tests start.
+os.environ["RESDET_ACCEL_DECIDE"] = "isa"
+os.environ["RESDET_CACHE_DIR"] = tempfile.mkdtemp(prefix="resdet-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

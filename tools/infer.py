@@ -73,12 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--no-pictures", action="store_true", help="write only the json files")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads (ACCEL.THREADS; 0: one per core)",
+    )
+    parser.add_argument(
         "--max-image-pixels", type=int, default=None,
         help="refuse images declaring more pixels (default: INPUT.MAX_IMAGE_PIXELS; 0: no limit)",
     )  # fmt: skip
     parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
     args = parser.parse_intermixed_args(argv)
     _split_overrides(args)
+    if args.threads is not None:
+        args.opts += ["ACCEL.THREADS", str(args.threads)]
     if not args.input:
         parser.error("--input: name at least one image, folder, glob pattern or video")
     if not 0.0 <= args.score_thresh < 1.0:

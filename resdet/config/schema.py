@@ -238,6 +238,19 @@ class TestConfig:
 
 
 @dataclass
+class AccelConfig:
+    # How resdet picks the CPU fast paths the config allows (SOLVER.WINOGRAD,
+    # SOLVER.CPU_CHANNELS_LAST, TEST.WINOGRAD; bf16 in the demo's schedule): "measure" times
+    # them on the model's backbone once per machine, torch version, thread count and model
+    # (~1-3 s, cached in ~/.cache/resdet/fastpaths.json); "isa" follows a fixed rule by CPU
+    # capability, untimed; "config" uses what the config allows, untimed. resdet.accel.
+    DECIDE: str = "measure"
+    # Intra-op threads of the process (training, evaluation, inference); 0 = torch's default
+    # (one per core). Lower it when other processes share the cores.
+    THREADS: int = 0
+
+
+@dataclass
 class Config:
     MODEL: ModelConfig = field(default_factory=ModelConfig)
     INPUT: InputConfig = field(default_factory=InputConfig)
@@ -245,6 +258,7 @@ class Config:
     DATALOADER: DataloaderConfig = field(default_factory=DataloaderConfig)
     SOLVER: SolverConfig = field(default_factory=SolverConfig)
     TEST: TestConfig = field(default_factory=TestConfig)
+    ACCEL: AccelConfig = field(default_factory=AccelConfig)
     OUTPUT_DIR: str = "output/run"
     SEED: int = 0
     DETERMINISTIC: bool = False

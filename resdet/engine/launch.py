@@ -1,8 +1,9 @@
 """The command line shared by tools/train_cls.py, train_det.py and eval_det.py.
 
-``--config FILE [--resume] [--eval-only] [--weights W] [KEY VALUE ...]`` -> load the config
--> the task's ``run(cfg, resume, eval_only, weights)``. Flags may come anywhere, before,
-between or after the ``KEY VALUE`` overrides (``... OUTPUT_DIR out --resume``). Expected
+``--config FILE [--resume] [--eval-only] [--weights W] [--threads N] [KEY VALUE ...]`` -> load
+the config -> set the intra-op threads (``ACCEL.THREADS``) -> the task's ``run(cfg, resume,
+eval_only, weights)``. Flags may come anywhere, before, between or after the ``KEY VALUE``
+overrides (``... OUTPUT_DIR out --resume``). Expected
 failures (a bad config, bad data, a broken checkpoint, an unwritable output, a NaN loss) are
 raised to the tool's :func:`resdet.utils.cli.tool_entry`, which prints one ``error:`` line
 and exits with 2.
@@ -14,6 +15,7 @@ import argparse
 import json
 from typing import Callable, Dict, List, Optional
 
+from resdet.accel import set_threads
 from resdet.config import Config, load_config
 from resdet.engine.dist import destroy_distributed, is_main_process
 from resdet.utils.cli import DEBUG_FLAG
@@ -42,13 +44,23 @@ def tool_main(
         parser.add_argument("--resume", action="store_true", help="continue from last_checkpoint")
         parser.add_argument("--eval-only", action="store_true", help="evaluate and exit")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads (ACCEL.THREADS; 0: one per core)",
+    )
+    parser.add_argument(
         DEBUG_FLAG, action="store_true", help="show the traceback of an error (or RESDET_DEBUG=1)"
     )
     parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides (flags may follow)")
     args = parser.parse_intermixed_args(argv)
     main_process = True
     try:
-        cfg: Config = load_config(args.config, args.opts)
+        opts = list(args.opts)
+        if args.threads is not None:
+            opts += ["ACCEL.THREADS", str(args.threads)]
+        cfg: Config = load_config(args.config, opts)
+        set_threads(cfg.ACCEL.THREADS)
         results = run(
             cfg,
             resume=getattr(args, "resume", False),
