@@ -28,7 +28,7 @@ from resdet_apps.benchmark_modes import (
     bench_models,
     profile_inference,
 )
-from resdet_apps.benchmark_peers import peer_lines
+from resdet_apps.benchmark_peers import check_runtimes, peer_lines
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ def run_benchmark(
     bad = [m for m in opts.modes if m not in MODES]
     if bad:
         raise ValueError(f"unknown mode(s) {bad}; choose from {MODES}")
+    if opts.runtimes and "infer" in opts.modes:
+        check_runtimes(opts.runtimes, opts.runtime_model)  # before anything is measured
     torch.set_num_threads(opts.threads)
     size = tuple(opts.size)
     specs = [ModelSpec.parse(m) for m in opts.models]

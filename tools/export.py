@@ -66,10 +66,11 @@ def export_and_check(fmt: str, model, reference, args, example, other, done=()) 
         onnx_path = args.output + ".onnx" if "onnx" in done else None
         export_openvino(model, path, example, dynamic=not args.fixed, opset=args.opset,
                         onnx_path=onnx_path)  # fmt: skip
-        compiled = compile_openvino(path)
+        compiled = []  # compiled on the first check run (not at all with --no-check)
 
         def run(x):
-            return run_openvino(path, x, compiled)
+            compiled[:] = compiled or [compile_openvino(path)]
+            return run_openvino(path, x, compiled[0])
     else:
         path = args.output + ".torchscript.pt"
         run = export_torchscript(model, path, example)

@@ -153,7 +153,21 @@ def test_runtime_peers_are_checked_and_skipped_with_a_reason(monkeypatch):
     monkeypatch.setattr(benchmark_peers.importlib.util, "find_spec", found.get)
     assert benchmark_peers.unavailable("onnxruntime") is None
     assert "pip install openvino" in benchmark_peers.unavailable("openvino")
+    # Named on the command line: an error before anything is measured.
+    assert _tool().main(["--modes", "infer", "--runtimes", "onnxruntime,tensorrt"]) == 2
     skipped = {"openvino": "openvino is not installed"}
     results = {"infer": [], "runtimes": {"model": "r50_fpn", "threads": 2, "skipped": skipped}}
     text = "\n".join(benchmark_peers.peer_lines(results))
     assert "Skipped: openvino (openvino is not installed)" in text
+
+
+def test_runtime_worker_failure_names_the_runtime_and_the_problem(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the worker loads the model in onnxruntime")
+    import numpy as np
+
+    from resdet_apps.benchmark_peers import PeerRunner
+
+    image = str(tmp_path / "image.npy")
+    np.save(image, np.zeros((1, 3, 32, 32), np.float32))
+    with pytest.raises(RuntimeError, match=r"r18_fpn@onnxruntime worker failed: .*missing\.onnx"):
+        PeerRunner("onnxruntime", "r18_fpn@onnxruntime", str(tmp_path / "missing.onnx"), image, 1)
