@@ -12,7 +12,7 @@ $(BIN)/python:
 # torch and torchvision are pinned first so no other dependency can pull a different torch build.
 $(STAMP): $(BIN)/python setup.py
 	$(BIN)/pip install "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/pip install -e ".[dev,onnx]"
+	$(BIN)/pip install -e ".[dev,onnx,openvino]"
 	touch $(STAMP)
 
 install: $(STAMP)

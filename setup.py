@@ -29,5 +29,7 @@ setup(
     extras_require={
         "dev": ["pytest>=7", "ruff>=0.4", "setuptools>=61"],  # setuptools: the wheel test
         "onnx": ["onnx", "onnxruntime"],
+        # OpenVINO export converts resdet's ONNX export (so it needs onnx too).
+        "openvino": ["onnx", "openvino>=2026.0"],
     },
 )

@@ -30,6 +30,8 @@ What is compared (``BENCHMARKS.md`` has the latest numbers and the command that 
 - **Timing.** All models of a mode run in the same process, alternating (one run of each per
   round) after ``warmup`` rounds, so a change of machine load hits them alike; the median,
   min and max wall time and the median process CPU time of ``repeats`` rounds are reported.
+  **Runtime peers** (onnxruntime, OpenVINO) run resdet's ONNX export of one model, each in its
+  own process and one run per round like the others (:mod:`resdet_apps.benchmark_peers`).
   Inference runs under ``torch.inference_mode``; a training step is forward, backward and an
   SGD step on a batch of images with ground-truth boxes.
 - **Memory.** Peak resident memory (``ru_maxrss``) of a fresh subprocess that loads the same
@@ -46,7 +48,7 @@ import logging
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -284,19 +286,26 @@ def calibrated_model(spec: ModelSpec, size: Tuple[int, int], seed: int = 0) -> n
 
 
 def time_alternating(
-    runners: Sequence[Callable[[], None]], names: Sequence[str], warmup: int, repeats: int
+    runners: Sequence[Callable[[], Optional[Tuple[float, float]]]],
+    names: Sequence[str],
+    warmup: int,
+    repeats: int,
 ) -> Dict[str, Dict[str, Any]]:
     """Run each runner once per round, ``warmup + repeats`` rounds; time the last ``repeats``.
 
-    Returns ``{name: {"wall": [s...], "cpu": [s...], "first_s": s}}``; ``first_s`` is the first
-    (warm-up) call, which for ``torch.compile`` is the compile time.
+    A runner that times itself (a runtime peer in its own process) returns its ``(wall, cpu)``
+    seconds, which are taken instead of this process's clocks. Returns ``{name: {"wall":
+    [s...], "cpu": [s...], "first_s": s}}``; ``first_s`` is the first (warm-up) call, which for
+    ``torch.compile`` is the compile time.
     """
     out: Dict[str, Dict[str, Any]] = {n: {"wall": [], "cpu": []} for n in names}
     for r in range(warmup + repeats):
         for run, name in zip(runners, names):
             t0, c0 = time.perf_counter(), time.process_time()
-            run()
+            own = run()
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            if own is not None:
+                wall, cpu = own
             if r == 0:
                 out[name]["first_s"] = wall
             if r >= warmup:

@@ -39,6 +39,7 @@ from resdet_apps.benchmark import (
     summarize,
     time_alternating,
 )
+from resdet_apps.benchmark_peers import PeerRunner, check_runtimes, start_peers
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +114,16 @@ def bench_models(
     threads: int = 2,
     memory: bool = True,
     seed: int = 0,
+    runtimes: Sequence[str] = (),
+    runtime_model: str = "r50_fpn",
+    runtimes_skipped: Optional[Dict[str, str]] = None,
 ) -> List[Dict[str, Any]]:
-    """Time ``mode`` ("infer" or "train") for every spec, alternating; one row per spec."""
+    """Time ``mode`` ("infer" or "train") for every spec, alternating; one row per spec.
+
+    In "infer", ``runtimes`` (onnxruntime, openvino, openvino_bf16) run ``runtime_model``'s
+    ONNX export, each in its own process, alternating with the specs
+    (:mod:`resdet_apps.benchmark_peers`); one row each after the specs' rows. The runtimes that
+    could not run are put into ``runtimes_skipped`` with the reason."""
     if mode == "train":
         skipped = [s.name for s in specs if set(TRAIN_ONLY_INVALID) & set(s.mods)]
         specs = [s for s in specs if s.name not in skipped]
@@ -128,8 +137,21 @@ def bench_models(
         if spec.base not in bases:
             bases[spec.base] = calibrated_model(spec, size, seed)
         runners.append(Runner(spec, copy.deepcopy(bases[spec.base]), mode, inputs))
-    times = time_alternating(runners, [s.name for s in specs], warmup, repeats)
     with tempfile.TemporaryDirectory() as tmpdir:
+        peers: List[PeerRunner] = []
+        try:
+            if mode == "infer" and runtimes:
+                peer = check_runtimes(runtimes, runtime_model)
+                if peer.base not in bases:
+                    bases[peer.base] = calibrated_model(peer, size, seed)
+                image = inputs.resdet[0]["image"].float()[None].numpy()
+                peers, why = start_peers(runtimes, peer, bases[peer.base], image, threads, tmpdir)
+                (runtimes_skipped if runtimes_skipped is not None else {}).update(why)
+            names = [s.name for s in specs] + [p.name for p in peers]
+            times = time_alternating([*runners, *peers], names, warmup, repeats)
+        finally:
+            for p in peers:
+                p.close()
         for spec, runner in zip(specs, runners):
             t = times[spec.name]
             row: Dict[str, Any] = {
@@ -147,7 +169,7 @@ def bench_models(
                     spec, bases[spec.base], mode, size, n_images, threads, seed, tmpdir
                 )
             rows.append(row)
-    return rows
+    return rows + [p.row(times[p.name], memory) for p in peers]
 
 
 def bench_backbones(

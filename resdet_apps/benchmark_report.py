@@ -28,6 +28,7 @@ from resdet_apps.benchmark_modes import (
     bench_models,
     profile_inference,
 )
+from resdet_apps.benchmark_peers import check_runtimes, peer_lines
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,12 @@ class BenchOptions:
     ap_images: int = 50
     ap_dataset: str = ""  # default: the checkpoint's DATASETS.TEST
     seed: int = 0
+    # Runtime peers of the inference table: runtime_model's ONNX export in these runtimes,
+    # each in its own process (resdet_apps.benchmark_peers); those not installed are skipped.
+    runtimes: List[str] = field(
+        default_factory=lambda: ["onnxruntime", "openvino", "openvino_bf16"]
+    )
+    runtime_model: str = "r50_fpn"
 
 
 def run_benchmark(
@@ -80,6 +87,8 @@ def run_benchmark(
     bad = [m for m in opts.modes if m not in MODES]
     if bad:
         raise ValueError(f"unknown mode(s) {bad}; choose from {MODES}")
+    if opts.runtimes and "infer" in opts.modes:
+        check_runtimes(opts.runtimes, opts.runtime_model)  # before anything is measured
     torch.set_num_threads(opts.threads)
     size = tuple(opts.size)
     specs = [ModelSpec.parse(m) for m in opts.models]
@@ -95,8 +104,13 @@ def run_benchmark(
         t0 = time.perf_counter()
         logger.info("mode %s", mode)
         if mode == "infer":
+            skipped: Dict[str, str] = {}
             out["infer"] = bench_models(specs, "infer", size, opts.warmup, opts.repeats,
-                                        1, opts.threads, opts.memory, opts.seed)  # fmt: skip
+                                        1, opts.threads, opts.memory, opts.seed, opts.runtimes,
+                                        opts.runtime_model, skipped)  # fmt: skip
+            if opts.runtimes:
+                out["runtimes"] = {"model": opts.runtime_model, "threads": opts.threads,
+                                   "skipped": skipped}  # fmt: skip
         elif mode == "train":
             train = [ModelSpec.parse(m) for m in opts.train_models]
             out["train"] = bench_models(
@@ -241,7 +255,7 @@ def render_markdown(results: Dict[str, Any], command: str = "") -> str:
               f"{h}x{w}; all fp32 unless the name says bf16.", ""]  # fmt: skip
     if results.get("infer"):
         lines += ["### Inference (1 image, `torch.inference_mode`)", ""]
-        lines += _models_table(results["infer"], "img") + [""]
+        lines += _models_table(results["infer"], "img") + [""] + peer_lines(results)
     if results.get("train"):
         b = results["train"][0]["images"]
         lines += [f"### Training step (forward + backward + SGD, batch {b})", ""]

@@ -4,12 +4,15 @@
     python tools/benchmark.py --size 320 320 --models tv_r18_fpn,r18_fpn,r18_fpn+fold \\
         --train-models tv_r18_fpn,r18_fpn --modes infer,train --repeats 3
     python tools/benchmark.py --modes infer --compile           # + torch.compile variants
+    python tools/benchmark.py --modes infer --runtimes onnxruntime  # one runtime peer only
     python tools/benchmark.py --update-md BENCHMARKS.md         # refresh the kept table
 
 Models are ``base[+mod...]``: bases r18_fpn, r50_fpn, r101_fpn, r18_c4, r50_c4 (300 test
 proposals), r50_c4_1000, r101_c4 and torchvision's tv_r18_fpn, tv_r50_fpn, tv_r101_fpn;
 modifiers fold (BN folded), cl (channels_last), bf16 (autocast), compile (torch.compile of
-the backbone). Writes ``benchmark.json`` and ``benchmark.md`` into ``--out``.
+the backbone). Runtime peers (``--runtimes``, off with ``--no-runtimes``): r50_fpn's ONNX
+export in onnxruntime and OpenVINO, each in its own process, alternating with the native
+models. Writes ``benchmark.json`` and ``benchmark.md`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -75,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=d.threads, help="torch intra-op threads")
     p.add_argument("--workers", type=lambda s: [int(x) for x in _list(s)], default=d.workers,
                    help="data-loader worker counts to time, e.g. 0,2")  # fmt: skip
+    p.add_argument("--runtimes", type=_list, default=d.runtimes,
+                   help="runtime peers of the inference table, run on --runtime-model's ONNX "
+                   "export, each in its own process; default: all, those not installed skipped "
+                   "(openvino_bf16 only on CPUs with native bf16)")  # fmt: skip
+    p.add_argument("--no-runtimes", action="store_true", help="no runtime peers")
+    p.add_argument("--runtime-model", default=d.runtime_model,
+                   help="the resdet model the runtime peers run (default r50_fpn)")  # fmt: skip
     p.add_argument("--compile", action="store_true", help="add torch.compile variants")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--bf16-size", nargs=2, type=int, default=list(d.bf16_size))
@@ -114,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         compile=args.compile, memory=not args.no_memory, bf16_size=tuple(args.bf16_size),
         bf16_model=args.bf16_model, bf16_train=args.bf16_train, weights=args.weights,
         ap_images=args.ap_images, ap_dataset=args.ap_dataset,
+        runtimes=[] if args.no_runtimes else args.runtimes, runtime_model=args.runtime_model,
     )  # fmt: skip
     if args.from_json:
         with open(args.from_json, encoding="utf-8") as f:

@@ -38,10 +38,12 @@ def test_harness_tiny_run_writes_json_and_markdown(tmp_path):
     argv = ["--size", "128", "128", "--models", "tv_r18_fpn,r18_fpn+fuse",
             "--train-models", "r18_fpn", "--profile-models", "r18_fpn+fold",
             "--modes", "infer,train,backbone,data,profile", "--repeats", "1", "--warmup", "0",
-            "--threads", "1", "--workers", "0", "--no-memory", "--out", str(out),
-            "--update-md", str(md)]  # fmt: skip
+            "--threads", "1", "--workers", "0", "--no-memory", "--no-runtimes",
+            "--out", str(out), "--update-md", str(md)]  # fmt: skip
     assert tool.main(argv) == 0
     results = json.loads((out / "benchmark.json").read_text())
+    # --no-runtimes: no runtime peer rows and no peer section.
+    assert "runtimes" not in results and all("runtime" not in r for r in results["infer"])
     infer = {r["model"]: r for r in results["infer"]}
     # Calibrated weights: both detectors produce proposals and their full 100 detections.
     for name in ("tv_r18_fpn", "r18_fpn+fuse"):
@@ -113,3 +115,59 @@ def test_bf16_autocast_keeps_the_boxes():
         # Boxes, not scores: with random (calibrated) weights bf16 rounding moves class scores
         # by up to ~0.2, but the boxes stay where they were.
         assert agree["matched"] >= 0.8 and agree["mean_iou"] >= 0.8, (name, agree)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_runtime_peer_rows_beside_the_native_model(tmp_path, runtime):
+    pytest.importorskip("onnx", reason="the runtime peers run resdet's ONNX export")
+    pytest.importorskip(runtime, reason=f"the {runtime} peer needs the optional {runtime}")
+    out = tmp_path / "bench"
+    argv = ["--size", "96", "96", "--models", "r18_fpn", "--runtime-model", "r18_fpn",
+            "--runtimes", runtime, "--modes", "infer", "--repeats", "2", "--warmup", "1",
+            "--threads", "1", "--out", str(out)]  # fmt: skip
+    assert _tool().main(argv) == 0
+    results = json.loads((out / "benchmark.json").read_text())
+    rows = {r["model"]: r for r in results["infer"]}
+    peer = rows[f"r18_fpn@{runtime}"]
+    assert peer["runtime"] == runtime and len(peer["wall"]) == 3
+    assert peer["wall"]["min"] > 0 and peer["cpu_median"] > 0
+    # The same calibrated weights and image: the export finds what the native model finds.
+    assert rows["r18_fpn"]["detections"] == [100]
+    assert peer["detections"] == rows["r18_fpn"]["detections"]
+    # Its own process: its peak is measured there, not this process's.
+    assert 0 < peer["memory"]["peak_mb"] < 4000
+    assert results["runtimes"] == {"model": "r18_fpn", "threads": 1, "skipped": {}}
+    text = (out / "benchmark.md").read_text()
+    assert f"| r18_fpn@{runtime} | - | 100 |" in text
+    assert f"| r18_fpn | r18_fpn@{runtime} | " in text  # the native-vs-runtime ratio
+
+
+def test_runtime_peers_are_checked_and_skipped_with_a_reason(monkeypatch):
+    from resdet_apps import benchmark_peers
+
+    with pytest.raises(ValueError, match="unknown runtime"):
+        benchmark_peers.check_runtimes(["tensorrt"], "r50_fpn")
+    with pytest.raises(ValueError, match="resdet base model"):
+        benchmark_peers.check_runtimes(["onnxruntime"], "tv_r50_fpn")
+    found = {"onnx": object(), "onnxruntime": object()}  # openvino "not installed"
+    monkeypatch.setattr(benchmark_peers.importlib.util, "find_spec", found.get)
+    assert benchmark_peers.unavailable("onnxruntime") is None
+    assert "pip install openvino" in benchmark_peers.unavailable("openvino")
+    # Named on the command line: an error before anything is measured.
+    assert _tool().main(["--modes", "infer", "--runtimes", "onnxruntime,tensorrt"]) == 2
+    skipped = {"openvino": "openvino is not installed"}
+    results = {"infer": [], "runtimes": {"model": "r50_fpn", "threads": 2, "skipped": skipped}}
+    text = "\n".join(benchmark_peers.peer_lines(results))
+    assert "Skipped: openvino (openvino is not installed)" in text
+
+
+def test_runtime_worker_failure_names_the_runtime_and_the_problem(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the worker loads the model in onnxruntime")
+    import numpy as np
+
+    from resdet_apps.benchmark_peers import PeerRunner
+
+    image = str(tmp_path / "image.npy")
+    np.save(image, np.zeros((1, 3, 32, 32), np.float32))
+    with pytest.raises(RuntimeError, match=r"r18_fpn@onnxruntime worker failed: .*missing\.onnx"):
+        PeerRunner("onnxruntime", "r18_fpn@onnxruntime", str(tmp_path / "missing.onnx"), image, 1)
