@@ -74,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-vis", type=int, default=8, help="val images to draw")
     args = parser.parse_args(argv)
     schedule = (
-        "quick" if args.quick else "long" if args.long else args.schedule or default_schedule()
+        "quick"
+        if args.quick
+        else "long"
+        if args.long
+        else args.schedule or default_schedule(args.det_config)
     )
     suffix = "" if schedule in ("default", "bf16") else f"_{schedule}"
     opts = DemoOptions(

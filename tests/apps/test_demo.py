@@ -10,6 +10,7 @@ import re
 
 import cv2
 import pytest
+import torch
 from tool_loader import load_tool
 
 from resdet.config import ConfigError
@@ -117,11 +118,18 @@ def test_build_configs_wires_the_runs(tmp_path):
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_the_cpu_picks_the_default_schedule(native, tmp_path, monkeypatch):
-    # bf16 where the CPU computes it (both detectors in bf16, the long schedule's iterations);
-    # fp32 and 1,000 iterations elsewhere. Either way into output/demo.
-    monkeypatch.setattr("resdet_apps.demo.cpu_has_native_bf16", lambda: native)
+def test_the_measurement_picks_the_default_schedule(native, tmp_path, monkeypatch):
+    # bf16 where it trains the demo's detector faster (both detectors in bf16, the long
+    # schedule's iterations); fp32 and 1,000 iterations elsewhere. Either way into output/demo.
+    asked = []
+
+    def bf16_pays(model, cfg, train):
+        asked.append((cfg.MODEL.BACKBONE.WIDTH, train, torch.get_num_threads()))
+        return native
+
+    monkeypatch.setattr("resdet_apps.demo.bf16_pays", bf16_pays)
     name = default_schedule()
+    assert asked == [(16, True, 1)]  # the demo's detector, training, one thread as it trains
     assert name == ("bf16" if native else "default")
     configs, _ = build_configs(DemoOptions(schedule=name), str(tmp_path / "data"))
     det, scratch = configs["det"], configs["scratch"]
