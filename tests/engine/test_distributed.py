@@ -39,21 +39,22 @@ import torch
 repo, cls_cfg, det_cfg, dump = sys.argv[1:5]
 sys.path[:0] = [repo, os.path.join(repo, "tools")]
 from resdet.config import load_config
-from resdet.engine import classification, detection
+from resdet.engine import classification, runner
 from resdet.engine.checkpoint import unwrap_model
 from resdet.engine.dist import get_rank
+from resdet.modeling.detection.faster_rcnn import FasterRCNN
 
-def dump_weights(task, tag):
-    train_loop = task.train_loop
+def dump_weights():
+    train_loop = runner.train_loop  # the loop of both tasks' runs
     def wrapped(model, *args, **kwargs):
         state = train_loop(model, *args, **kwargs)
-        sd = unwrap_model(model).state_dict()
-        torch.save(sd, os.path.join(dump, f"{tag}_rank{get_rank()}.pt"))
+        trained = unwrap_model(model)
+        tag = "det" if isinstance(trained, FasterRCNN) else "cls"
+        torch.save(trained.state_dict(), os.path.join(dump, f"{tag}_rank{get_rank()}.pt"))
         return state
-    task.train_loop = wrapped
+    runner.train_loop = wrapped
 
-dump_weights(classification, "cls")
-dump_weights(detection, "det")
+dump_weights()
 classification.run(load_config(cls_cfg, ["OUTPUT_DIR", os.path.join(dump, "cls")]))
 import train_det  # the tool, as a user runs it; it also leaves the process group at the end
 sys.exit(train_det.main(["--config", det_cfg, "OUTPUT_DIR", os.path.join(dump, "det")]))
