@@ -33,8 +33,8 @@ from resdet.data.cls_dataset import (
     build_cls_transforms,
 )
 from resdet.data.loader import worker_init
-from resdet.engine.checkpoint import load_model_weights
 from resdet.engine.dist import get_rank, get_world_size
+from resdet.engine.model_weights import load_model_weights
 from resdet.engine.runner import Task, TaskParts, TrainParts, run_task
 from resdet.evaluation.classification import ClassificationMeter
 from resdet.modeling.classifier import build_classifier

@@ -31,9 +31,9 @@ from resdet.data.det_dataset import DetectionDataset
 from resdet.data.det_transforms import build_det_transforms
 from resdet.data.loader import build_detection_loader, build_detection_test_loader
 from resdet.data.records import DatasetMeta, DetectionRecord
-from resdet.engine.checkpoint import require_checkpoint_file
 from resdet.engine.dist import all_gather_object, get_world_size, is_main_process
 from resdet.engine.initial_weights import load_initial_weights
+from resdet.engine.model_weights import require_checkpoint_file
 from resdet.engine.runner import Task, TaskParts, TrainParts, run_task
 from resdet.engine.val_loss import detection_val_losses
 from resdet.evaluation.coco import COCOEvaluator

@@ -29,7 +29,7 @@ from resdet.config.load import ConfigError, save_config
 from resdet.config.schema import Config
 from resdet.data.image_io import set_max_image_pixels
 from resdet.engine.amp import autocast_factory, build_grad_scaler
-from resdet.engine.checkpoint import Checkpointer, load_model_weights, require_checkpoint_file
+from resdet.engine.checkpoint import Checkpointer
 from resdet.engine.dist import (
     barrier,
     check_same_on_all_ranks,
@@ -46,6 +46,7 @@ from resdet.engine.hooks import (
     MetricsWriter,
     ProgressHook,
 )
+from resdet.engine.model_weights import load_model_weights, require_checkpoint_file
 from resdet.engine.optim import build_lr_scheduler, build_optimizer
 from resdet.engine.runtime import deterministic_mode, resolve_device, seed_everything
 from resdet.engine.selection import build_selection_hooks
