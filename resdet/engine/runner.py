@@ -38,18 +38,10 @@ from resdet.engine.dist import (
     init_distributed,
     is_main_process,
 )
-from resdet.engine.hooks import (
-    CheckpointHook,
-    EvalHook,
-    LRFeedbackHook,
-    MetricsHook,
-    MetricsWriter,
-    ProgressHook,
-)
+from resdet.engine.hooks import MetricsWriter, build_hooks
 from resdet.engine.model_weights import load_model_weights, require_checkpoint_file
 from resdet.engine.optim import build_lr_scheduler, build_optimizer
 from resdet.engine.runtime import deterministic_mode, resolve_device, seed_everything
-from resdet.engine.selection import build_selection_hooks
 from resdet.engine.trainer import train_loop
 from resdet.utils.logging import close_logging, setup_logging
 from resdet.utils.output import check_output_dir, estimate_checkpoint_bytes, require_free_space
@@ -263,15 +255,12 @@ def _run(task: Task, cfg: Config, resume: bool, eval_only: bool, weights: str) -
         )
     batches = train.batches(start_iter, cfg.SOLVER.IMS_PER_BATCH // world)
 
-    writer = MetricsWriter(out, start_iter)
-    hooks = [MetricsHook(writer, cfg.LOG_PERIOD), ProgressHook()]
-    if parts.evaluate is not None:
-        hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, parts.evaluate, writer, parts.final_eval))
-    else:
+    if not has_eval:
         logger.warning("%s is empty: no validation", task.test_key)
-    hooks.append(LRFeedbackHook(scheduler, cfg.SOLVER.PLATEAU_METRIC))
-    hooks += build_selection_hooks(cfg, checkpointer, train.extra, has_eval)
-    hooks.append(CheckpointHook(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, extra=train.extra))
+    writer = MetricsWriter(out, start_iter)
+    hooks = build_hooks(
+        cfg, writer, checkpointer, scheduler, parts.evaluate, parts.final_eval, train.extra
+    )
     state = train_loop(
         train_model,
         train.compute_losses,
