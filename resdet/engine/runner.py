@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Dict, Iterator
 
 import torch
@@ -92,7 +92,7 @@ class TaskParts:
     evaluate: Callable[[], Metrics] | None
     train: Callable[[], TrainParts]
     final_eval: Callable[[], Metrics] | None = None
-    finish: Callable[[], None] = field(default=_nothing)
+    finish: Callable[[], None] = _nothing
 
 
 def _same_config(cfg: Config, eval_only: bool) -> Config:
