@@ -24,9 +24,9 @@ LAYERS: List[Sequence[str]] = [
     ("resdet.layers",),  # leaf kernels: fused conv, Winograd, RoIAlign, norms, folding
     ("resdet.modeling",),  # modules that say how they fuse (fuse() methods)
     ("resdet.accel",),  # decides and applies the fast paths for training and inference
-    ("resdet.data",),  # records, loaders, sources, transforms, image decoding
+    ("resdet.data",),  # records, loaders of both tasks, sources, transforms, image decoding
     ("resdet.evaluation",),  # COCO / VOC scoring, reports
-    ("resdet.engine",),  # train loop, hooks, checkpoints, runs
+    ("resdet.engine",),  # run skeleton + task builders, train loop, hooks, checkpoints
     ("resdet.export", "resdet.predictor"),  # weights in and out; the inference API
     ("resdet.media",),  # images, folders, globs and videos through the Predictor
 ]

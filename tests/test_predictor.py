@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tiny_detector import save_tiny_detector
 from torchvision.ops import box_iou
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -18,7 +19,6 @@ from resdet.data.records import DatasetError
 from resdet.data.shapes import SHAPES_CLASSES
 from resdet.engine.checkpoint import save_checkpoint
 from resdet.modeling.classifier import build_classifier
-from resdet.modeling.detection.build import build_detector
 from resdet.predictor import Predictor, resolve_class_names, to_rgb_uint8
 
 TINY = [
@@ -37,19 +37,8 @@ NAMES = ["cat", "dog", "kite"]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = load_config(None, TINY)
-    model = build_detector(cfg)
-    torch.nn.init.normal_(model.roi_heads.predictor.cls_score.weight, std=0.1)
     path = str(tmp_path_factory.mktemp("ckpt") / "model_final.pth")
-    save_checkpoint(
-        path,
-        {
-            "model": model.state_dict(),
-            "config": config_to_dict(cfg),
-            "extra": {"class_names": NAMES},
-        },
-    )
+    cfg = save_tiny_detector(path, TINY, extra={"class_names": NAMES})
     return path, cfg
 
 

@@ -1,4 +1,4 @@
-"""Sampling, batching and the detection DataLoader.
+"""Sampling, batching and the DataLoaders of both tasks.
 
 Detection batches hold images of different sizes; the model pads them to one tensor. Grouping
 landscape (``w / h >= 1``) and portrait images into separate batches keeps that padding small
@@ -6,7 +6,8 @@ landscape (``w / h >= 1``) and portrait images into separate batches keeps that 
 
 Iteration-based training uses :class:`InfiniteSampler` (one endless, seeded index stream shared
 by all ranks and sharded by rank, as detectron2's ``TrainingSampler``), which makes exact resume
-a matter of skipping what was already consumed.
+a matter of skipping what was already consumed. The classification training stream is the
+same loader with tensor batches (:func:`resdet.data.cls_dataset.build_cls_train_loader`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import defaultdict
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import cv2
 import torch
@@ -194,7 +195,8 @@ def collate_detection(batch: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return list(batch)
 
 
-def _worker_init(worker_id: int) -> None:
+def worker_init(worker_id: int) -> None:
+    """Every DataLoader worker of resdet starts here."""
     # opencv's own thread pool inside every worker oversubscribes the CPU (workers × cores
     # threads) and can deadlock after fork; the workers already give the parallelism.
     cv2.setNumThreads(0)
@@ -210,6 +212,7 @@ def build_detection_loader(
     distributed: bool = False,
     infinite: bool = False,
     start_iter: int = 0,
+    collate_fn: Callable[[List[Any]], Any] | None = collate_detection,
 ) -> DataLoader:
     """The detection DataLoader; batches are lists of sample dicts (:func:`collate_detection`).
 
@@ -229,6 +232,8 @@ def build_detection_loader(
         infinite: iterate forever with :class:`InfiniteSampler` (iteration-based training).
         start_iter: with ``infinite``, the number of batches already consumed: they are
             skipped so a resumed run sees exactly the batches it would have seen.
+        collate_fn: how a batch's samples are put together; None: torch's default (stacked
+            tensors, the classification batches).
 
     With ``infinite`` and a dataset that has ``supports_position_keys`` (a
     :class:`~resdet.data.det_dataset.DetectionDataset`), items are requested as
@@ -274,8 +279,8 @@ def build_detection_loader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=num_workers,
-        collate_fn=collate_detection,
-        worker_init_fn=_worker_init,
+        collate_fn=collate_fn,
+        worker_init_fn=worker_init,
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
         generator=torch.Generator().manual_seed(seed + rank),

@@ -1,16 +1,9 @@
 """Training hooks: progress bar, metrics log, checkpoints, evaluation, LR feedback.
 
-A typical list, in this order (evaluation before the checkpoint, so a checkpoint taken at an
-evaluation iteration already holds the scheduler state that evaluation changed)::
-
-    writer = MetricsWriter(cfg.OUTPUT_DIR, start_iter)
-    hooks = [MetricsHook(writer, cfg.LOG_PERIOD), ProgressHook(),
-             EvalHook(cfg.TEST.EVAL_PERIOD, eval_fn, writer),
-             LRFeedbackHook(scheduler, cfg.SOLVER.PLATEAU_METRIC),
-             *build_selection_hooks(cfg, checkpointer, extra, has_eval=True),  # best / early stop
-             CheckpointHook(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD)]
-
-(``build_selection_hooks`` is in :mod:`resdet.engine.selection`.)
+:func:`build_hooks` gives a run's list, in the order they act: metrics, progress,
+evaluation, LR feedback, best model / early stop (:mod:`resdet.engine.selection`), checkpoints
+(evaluation before the checkpoint, so a checkpoint taken at an evaluation iteration already
+holds the scheduler state that evaluation changed).
 
 Files: ``metrics.jsonl`` holds one JSON object per line -- training lines
 ``{"iteration", "lr", "loss", "loss_*", "time", "data_time", "images_per_s", ...}`` averaged
@@ -30,8 +23,10 @@ import sys
 from collections import defaultdict
 from typing import Any, Callable, Dict, List, Mapping
 
+from resdet.config.schema import Config
 from resdet.engine.checkpoint import Checkpointer, atomic_write
 from resdet.engine.dist import all_reduce_dict, is_main_process
+from resdet.engine.selection import build_selection_hooks
 from resdet.engine.trainer import Hook, TrainState
 
 logger = logging.getLogger(__name__)
@@ -340,3 +335,29 @@ class LRFeedbackHook(Hook):
                     f"results {sorted(state.metrics)}"
                 )
             s.report(state.metrics[self.metric])
+
+
+def build_hooks(
+    cfg: Config,
+    writer: MetricsWriter,
+    checkpointer: Checkpointer,
+    scheduler: Any,
+    evaluate: Callable[[], Dict[str, float]] | None,
+    final_eval: Callable[[], Dict[str, float]] | None,
+    extra: Dict[str, Any],
+) -> List[Hook]:
+    """The hooks of a training run (``LOG_PERIOD``, ``TEST.EVAL_PERIOD``, ``SOLVER.*``).
+
+    Args:
+        evaluate: the periodic evaluation; None: the run has no test set (no evaluation, and
+            no best model or early stop).
+        final_eval: the evaluation after training (default ``evaluate``).
+        extra: stored in every checkpoint's ``"extra"`` (e.g. ``{"class_names": [...]}``).
+    """
+    hooks: List[Hook] = [MetricsHook(writer, cfg.LOG_PERIOD), ProgressHook()]
+    if evaluate is not None:
+        hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, evaluate, writer, final_eval))
+    hooks.append(LRFeedbackHook(scheduler, cfg.SOLVER.PLATEAU_METRIC))
+    hooks += build_selection_hooks(cfg, checkpointer, extra, evaluate is not None)
+    hooks.append(CheckpointHook(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, extra=extra))
+    return hooks

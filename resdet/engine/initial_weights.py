@@ -12,8 +12,8 @@ import logging
 from typing import Any, List, Sequence
 
 from resdet.config.schema import Config
-from resdet.engine.checkpoint import load_checkpoint, load_model_weights
 from resdet.engine.head_transfer import transfer_box_predictor
+from resdet.engine.model_weights import load_checkpoint, load_model_weights
 from resdet.modeling.detection.faster_rcnn import FasterRCNN
 
 logger = logging.getLogger(__name__)

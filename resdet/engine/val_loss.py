@@ -24,8 +24,8 @@ import torch.nn as nn
 from resdet.config.schema import Config
 from resdet.data.loader import build_detection_test_loader
 from resdet.data.records import DatasetMeta, DetectionRecord
-from resdet.engine.checkpoint import unwrap_model
 from resdet.engine.dist import all_reduce_dict, get_world_size
+from resdet.engine.model_weights import unwrap_model
 
 logger = logging.getLogger(__name__)
 

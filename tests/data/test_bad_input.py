@@ -222,9 +222,9 @@ def test_size_mismatch_with_swapped_sides_hints_at_exif(tmp_path: Path) -> None:
 
 
 def test_classification_training_skips_unreadable_images_when_asked(tmp_path: Path, caplog):
+    from resdet.data.cls_dataset import SeededAugment
     from resdet.data.cls_transforms import cifar_train_transform
     from resdet.data.imagefolder import ImageFolderDataset
-    from resdet.engine.classification import _SeededAugment
 
     for c in ("a", "b"):
         (tmp_path / c).mkdir()
@@ -233,8 +233,8 @@ def test_classification_training_skips_unreadable_images_when_asked(tmp_path: Pa
     folder = ImageFolderDataset(str(tmp_path))
     tf = cifar_train_transform((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     with pytest.raises(DatasetError, match=r"2\.png: cannot decode.*index 1; DATASETS.ON_ERROR"):
-        _SeededAugment(folder, tf, 0)[(1, 0)]
-    skipping = _SeededAugment(folder, tf, 0, on_error="skip")
+        SeededAugment(folder, tf, 0)[(1, 0)]
+    skipping = SeededAugment(folder, tf, 0, on_error="skip")
     with caplog.at_level(logging.WARNING, logger="resdet"):
         image, label = skipping[(1, 0)]
     assert label == 1 and tuple(image.shape) == (3, 32, 32)  # index 2, class "b"

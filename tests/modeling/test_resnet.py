@@ -13,17 +13,6 @@ import torchvision
 from resdet.layers.norm import FrozenBatchNorm2d
 from resdet.modeling.backbone.resnet import Bottleneck, ResNet, ZeroPadShortcut
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tensors are tiny, results must not depend on the core
-    count, and on a busy 2-core machine two OpenMP threads spin against each other (4x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 ALL_STAGES = ["stem", "res2", "res3", "res4", "res5"]
 
 

@@ -9,12 +9,8 @@ import os
 import cv2
 import numpy as np
 import pytest
-import torch
+from tiny_detector import save_tiny_detector
 from tool_loader import load_tool
-
-from resdet.config import config_to_dict, load_config
-from resdet.engine.checkpoint import save_checkpoint
-from resdet.modeling.detection.build import build_detector
 
 TINY = [
     "MODEL.BACKBONE.NAME", "resnet", "MODEL.BACKBONE.DEPTH", "18", "MODEL.BACKBONE.WIDTH", "16",
@@ -32,12 +28,8 @@ def _infer_main():
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = load_config(None, TINY)
-    model = build_detector(cfg)
-    torch.nn.init.normal_(model.roi_heads.predictor.cls_score.weight, std=0.1)
     path = str(tmp_path_factory.mktemp("w") / "det.pth")
-    save_checkpoint(path, {"model": model.state_dict(), "config": config_to_dict(cfg)})
+    save_tiny_detector(path, TINY)
     return path
 
 

@@ -64,16 +64,6 @@ DETERMINISTIC: true
     return str(path)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convs gain nothing from threads, and with other processes on the 2 cores OpenMP's
-    # spinning threads make each op ~10x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _train_cls(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_cls.py"), *args]

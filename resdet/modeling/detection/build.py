@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Tuple
 
 from resdet.config.schema import Config
-from resdet.modeling.backbone.base import Backbone
+from resdet.modeling.backbone.base import Backbone, ShapeSpec
 from resdet.modeling.backbone.fpn import FPN
 from resdet.modeling.backbone.resnet import build_resnet
 from resdet.modeling.detection.anchors import AnchorGenerator
@@ -32,6 +32,15 @@ def _resnet_fpn(cfg: Config) -> Backbone:
         cfg.MODEL.BACKBONE, num_classes=0, out_features=["res2", "res3", "res4", "res5"]
     )
     return FPN(trunk, out_channels=cfg.MODEL.FPN.OUT_CHANNELS)
+
+
+def _input_shapes(backbone: Backbone, names: List[str], key: str) -> List[ShapeSpec]:
+    """The backbone's output shapes of ``names`` (the config ``key``'s features), in order."""
+    shapes = backbone.output_shape()
+    missing = [f for f in names if f not in shapes]
+    if missing:
+        raise ValueError(f"{key} {missing} not produced by the backbone ({list(shapes)})")
+    return [shapes[f] for f in names]
 
 
 def _aligned(cfg: Config, head_default: bool) -> bool:
@@ -62,13 +71,7 @@ def _c4_head(cfg: Config, backbone: Backbone) -> C4BoxHead:
 @BOX_HEADS.register("fpn")
 def _fpn_head(cfg: Config, backbone: Backbone) -> FPNBoxHead:
     r = cfg.MODEL.ROI_HEADS
-    shapes = backbone.output_shape()
-    missing = [f for f in r.IN_FEATURES if f not in shapes]
-    if missing:
-        raise ValueError(
-            f"MODEL.ROI_HEADS.IN_FEATURES {missing} not produced by the backbone ({list(shapes)})"
-        )
-    first = shapes[r.IN_FEATURES[0]]
+    first = _input_shapes(backbone, r.IN_FEATURES, "MODEL.ROI_HEADS.IN_FEATURES")[0]
     return FPNBoxHead(
         r.IN_FEATURES,
         in_channels=first.channels,
@@ -82,13 +85,8 @@ def _fpn_head(cfg: Config, backbone: Backbone) -> FPNBoxHead:
 
 def _rpn(cfg: Config, backbone: Backbone) -> RPN:
     r = cfg.MODEL.RPN
-    shapes = backbone.output_shape()
-    missing = [f for f in r.IN_FEATURES if f not in shapes]
-    if missing:
-        raise ValueError(
-            f"MODEL.RPN.IN_FEATURES {missing} not produced by the backbone ({list(shapes)})"
-        )
-    channels = {shapes[f].channels for f in r.IN_FEATURES}
+    shapes = _input_shapes(backbone, r.IN_FEATURES, "MODEL.RPN.IN_FEATURES")
+    channels = {s.channels for s in shapes}
     if len(channels) != 1:
         raise ValueError(
             "the RPN head is shared across levels: all IN_FEATURES need equal channels"
@@ -97,7 +95,7 @@ def _rpn(cfg: Config, backbone: Backbone) -> RPN:
     anchors = AnchorGenerator(
         a.SIZES,
         aspect_ratios=a.ASPECT_RATIOS,
-        strides=[shapes[f].stride for f in r.IN_FEATURES],
+        strides=[s.stride for s in shapes],
         round_anchors=a.ROUND,
         stride_from_input=a.STRIDE_FROM_INPUT,
     )

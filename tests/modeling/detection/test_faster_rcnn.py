@@ -18,17 +18,6 @@ from resdet.layers.norm import FrozenBatchNorm2d
 from resdet.modeling.classifier import build_classifier
 from resdet.modeling.detection.build import BACKBONES, BOX_HEADS, build_detector
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tensors are tiny, results must not depend on the core
-    count, and on a busy 2-core machine two OpenMP threads spin against each other (4x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 K = 3
 COMMON = [
     "MODEL.BACKBONE.DEPTH", "18",

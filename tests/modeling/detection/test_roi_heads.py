@@ -15,17 +15,6 @@ from resdet.modeling.detection.box_heads import C4BoxHead, FPNBoxHead
 from resdet.modeling.detection.roi_heads import BoxPredictor, ROIHeads
 from resdet.modeling.detection.sampling import Matcher
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tensors are tiny, results must not depend on the core
-    count, and on a busy 2-core machine two OpenMP threads spin against each other (4x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 K = 3  # classes; K itself is the background index
 SIZES = [(64, 64), (64, 48)]
 

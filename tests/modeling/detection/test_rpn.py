@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import List
 
-import pytest
 import torch
 from torchvision.ops import box_iou
 
@@ -13,17 +12,6 @@ from resdet.modeling.detection.anchors import AnchorGenerator
 from resdet.modeling.detection.box_coder import BoxCoder
 from resdet.modeling.detection.rpn import RPN, RPNHead
 from resdet.modeling.detection.sampling import IGNORE, Matcher
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tensors are tiny, results must not depend on the core
-    count, and on a busy 2-core machine two OpenMP threads spin against each other (4x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 SIZES = [(128, 128), (96, 120)]  # (h, w) of each image before padding to 128x128
 
