@@ -216,16 +216,26 @@ def test_set_threads():
         torch.set_num_threads(previous)
 
 
-def test_tool_threads_flag_reaches_the_config():
+def test_threads_flag_and_key_set_the_runs_threads(tmp_path):
+    from resdet.engine.runner import Task, run_task
+
     seen = {}
 
-    def run(cfg, resume, eval_only, weights):
+    def resolve(cfg, eval_only):
         seen["threads"] = (cfg.ACCEL.THREADS, torch.get_num_threads())
-        return {}
+        raise KeyboardInterrupt  # stop before any work
+
+    task = Task("t", "DATASETS.TEST", build_model=None, parts=None, resolve_config=resolve)
+
+    def run(cfg, resume, eval_only, weights):
+        return run_task(task, cfg, resume, eval_only, weights)
 
     previous = torch.get_num_threads()
+    torch.set_num_threads(2)
     try:
-        tool_main("doc", run, ["--config", TINY, "--threads", "1", "OUTPUT_DIR", "x"])
+        with pytest.raises(KeyboardInterrupt):
+            tool_main("doc", run, ["--config", TINY, "--threads", "1",
+                                   "OUTPUT_DIR", str(tmp_path)])  # fmt: skip
     finally:
         torch.set_num_threads(previous)
     assert seen["threads"] == (1, 1)

@@ -1,8 +1,8 @@
 """The command line shared by tools/train_cls.py, train_det.py and eval_det.py.
 
 ``--config FILE [--resume] [--eval-only] [--weights W] [--threads N] [KEY VALUE ...]`` -> load
-the config -> set the intra-op threads (``ACCEL.THREADS``) -> the task's ``run(cfg, resume,
-eval_only, weights)``. Flags may come anywhere, before, between or after the ``KEY VALUE``
+the config (``--threads N`` is ``ACCEL.THREADS N``) -> the task's ``run(cfg, resume, eval_only,
+weights)``. Flags may come anywhere, before, between or after the ``KEY VALUE``
 overrides (``... OUTPUT_DIR out --resume``). Expected
 failures (a bad config, bad data, a broken checkpoint, an unwritable output, a NaN loss) are
 raised to the tool's :func:`resdet.utils.cli.tool_entry`, which prints one ``error:`` line
@@ -15,7 +15,6 @@ import argparse
 import json
 from typing import Callable, Dict, List, Optional
 
-from resdet.accel import set_threads
 from resdet.config import Config, load_config
 from resdet.engine.dist import destroy_distributed, is_main_process
 from resdet.utils.cli import DEBUG_FLAG
@@ -60,7 +59,6 @@ def tool_main(
         if args.threads is not None:
             opts += ["ACCEL.THREADS", str(args.threads)]
         cfg: Config = load_config(args.config, opts)
-        set_threads(cfg.ACCEL.THREADS)
         results = run(
             cfg,
             resume=getattr(args, "resume", False),

@@ -25,6 +25,7 @@ from typing import Any, Callable, ContextManager, Dict, Iterator
 import torch
 import torch.nn as nn
 
+from resdet.accel import set_threads
 from resdet.config.load import ConfigError, save_config
 from resdet.config.schema import Config
 from resdet.data.image_io import set_max_image_pixels
@@ -155,6 +156,7 @@ def run_task(
     """
     rank, _, _ = init_distributed()
     set_max_image_pixels(cfg.INPUT.MAX_IMAGE_PIXELS)
+    set_threads(cfg.ACCEL.THREADS)  # 0 (the default) keeps the process's count
     if is_main_process():
         check_output_dir(cfg.OUTPUT_DIR)  # a file, read-only or full: say so before any work
     setup_logging(cfg.OUTPUT_DIR, rank)
