@@ -30,6 +30,7 @@ except ImportError:  # run from a checkout without installing: put the repo root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from resdet.utils.cli import tool_entry
+from resdet.utils.machine import cpu_kind
 from resdet_apps.benchmark_modes import MODES
 from resdet_apps.benchmark_report import (
     BenchOptions,
@@ -39,20 +40,25 @@ from resdet_apps.benchmark_report import (
     write_outputs,
 )
 
-START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+
+def markers(kind: str) -> tuple[str, str]:
+    """The markers around the table of one CPU kind (``resdet.utils.machine.CPU_KINDS``)."""
+    return f"<!-- benchmark:start cpu={kind} -->", f"<!-- benchmark:end cpu={kind} -->"
 
 
 def _list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def update_markdown(path: str, table: str) -> None:
-    """Replace the text between the benchmark markers of ``path`` (append them if absent)."""
+def update_markdown(path: str, table: str, kind: str) -> None:
+    """Replace the table of CPU kind ``kind`` in ``path`` (between its markers; appended where
+    absent): one table per kind of CPU measured, the others kept."""
+    start, end = markers(kind)
     text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
-    block = f"{START}\n{table}\n{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
+    block = f"{start}\n{table}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     with open(path, "w", encoding="utf-8") as f:
@@ -132,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         results["targets"] = check_targets(results)
         write_outputs(results, args.out, results.get("command", ""))
         if args.update_md:
-            update_markdown(args.update_md, render_markdown(results, results.get("command", "")))
+            table = render_markdown(results, results.get("command", ""))
+            update_markdown(args.update_md, table, cpu_kind(results["machine"]["isa"]))
         print(render_markdown(results, results.get("command", "")))
         return 0
     command = "python tools/benchmark.py " + " ".join(
@@ -147,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     print(render_markdown(results, command.strip()))
     print(f"wrote {json_path} and {md_path}")
     if args.update_md:
-        update_markdown(args.update_md, render_markdown(results, command.strip()))
+        table = render_markdown(results, command.strip())
+        update_markdown(args.update_md, table, cpu_kind(results["machine"]["isa"]))
         print(f"updated {args.update_md}")
     return 0
 

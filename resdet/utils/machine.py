@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
-from typing import Any, Dict, FrozenSet, Optional
+from typing import Any, Dict, FrozenSet, Iterable, Optional
 
 import torch
 
@@ -20,7 +20,9 @@ __all__ = [
     "REPORTED_FLAGS",
     "cpu_flags",
     "cpu_has_flag",
+    "CPU_KINDS",
     "cpu_has_native_bf16",
+    "cpu_kind",
     "cpu_model",
     "machine_info",
 ]
@@ -80,6 +82,31 @@ def cpu_has_native_bf16() -> bool:
     if cpu_flags() is None:
         return True
     return cpu_has_flag("avx512_bf16") or cpu_has_flag("amx_bf16")
+
+
+# The kinds of CPU the fast paths differ on (BENCHMARKS.md has one table per kind): the key
+# names it in markers and file names, the value in text.
+CPU_KINDS = {
+    "amx": "AVX-512 + AMX",
+    "avx512_bf16": "AVX-512-BF16 without AMX",
+    "avx512": "AVX-512",
+    "avx2": "AVX2 only",
+    "other": "other",
+}
+
+
+def cpu_kind(flags: Optional[Iterable[str]] = None) -> str:
+    """The key of :data:`CPU_KINDS` for ``flags`` (default: this CPU's): ``"amx"`` with AMX,
+    ``"avx512_bf16"`` with AVX-512 BF16 but no AMX, ``"avx512"``, ``"avx2"``, else
+    ``"other"``."""
+    have = set(cpu_flags() or ()) if flags is None else set(flags)
+    if have & {"amx_bf16", "amx_tile"}:
+        return "amx"
+    if "avx512_bf16" in have:
+        return "avx512_bf16"
+    if "avx512f" in have:
+        return "avx512"
+    return "avx2" if "avx2" in have else "other"
 
 
 def machine_info(threads: Optional[int] = None) -> Dict[str, Any]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from tool_loader import load_tool
 
+from resdet.utils.machine import cpu_kind
 from resdet_apps.benchmark import ModelSpec, Runner, calibrated_model, make_inputs
 from resdet_apps.benchmark_modes import detection_agreement, measure_memory
 from resdet_apps.benchmark_report import check_targets
@@ -65,9 +66,30 @@ def test_harness_tiny_run_writes_json_and_markdown(tmp_path):
         tool.main(["--from-json", str(out / "benchmark.json"), "--out", str(tmp_path / "re")]) == 0
     )
     assert "--size 128 128" in (tmp_path / "re" / "benchmark.md").read_text()
-    # A second update replaces the table instead of appending another one.
-    tool.update_markdown(str(md), "NEW TABLE")
+    # A second update for the same kind of CPU replaces its table instead of appending another
+    # one; another kind gets a table of its own beside it.
+    kind = cpu_kind(results["machine"]["isa"])
+    assert f"benchmark:start cpu={kind}" in kept
+    tool.update_markdown(str(md), "NEW TABLE", kind)
     assert md.read_text().count("benchmark:start") == 1 and "| r18_fpn+fuse |" not in md.read_text()
+    other = "amx" if kind != "amx" else "avx2"
+    tool.update_markdown(str(md), "OTHER TABLE", other)
+    text = md.read_text()
+    assert text.count("benchmark:start") == 2 and "NEW TABLE" in text and "OTHER TABLE" in text
+
+
+@pytest.mark.parametrize(
+    "flags, kind",
+    [
+        (["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"], "amx"),
+        (["avx2", "avx512f", "avx512_bf16"], "avx512_bf16"),
+        (["avx2", "avx512f"], "avx512"),
+        (["avx", "avx2", "fma"], "avx2"),
+        (["sse4_2"], "other"),
+    ],
+)
+def test_cpu_kind_names_the_three_machines(flags, kind):
+    assert cpu_kind(flags) == kind
 
 
 def test_memory_subprocess_reports_its_own_peak(tmp_path):
