@@ -108,8 +108,8 @@ class ModelConfig:
     # Pixels are divided by this before PIXEL_MEAN / PIXEL_STD apply: 1 for statistics in
     # 0-255 units; torchvision's detectors read 0-1 images (255, with mean/std in 0-1 units).
     PIXEL_SCALE: float = 1.0
-    # NHWC weights and activations everywhere (CUDA included). CPU detection training on AVX-512
-    # CPUs goes NHWC anyway (SOLVER.CPU_CHANNELS_LAST); on AVX2 CPUs NHWC training is slower.
+    # NHWC weights and activations everywhere (CUDA included). CPU detection training goes NHWC
+    # anyway where that is measured fastest (SOLVER.CPU_CHANNELS_LAST, ACCEL.DECIDE).
     CHANNELS_LAST: bool = False
     BACKBONE: BackboneConfig = field(default_factory=BackboneConfig)
     FPN: FPNConfig = field(default_factory=FPNConfig)
@@ -197,14 +197,16 @@ class SolverConfig:
     # the fly (resdet.layers.fold.fold_frozen_bn_training_): same parameters, checkpoint keys,
     # outputs and gradients, two fewer passes over every frozen-BN activation.
     FOLD_FROZEN_BN: bool = True
-    # Detection training on CPUs where NNPACK beats oneDNN (AVX2-only): 3x3 stride-1
-    # convolutions (32+ channels) compute forward, input and weight gradients as Winograd
-    # convolutions (resdet.layers.winograd): same parameters and keys, gradients within ~1e-5
-    # relative; R50-FPN steps 1.5x faster (BENCHMARKS.md).
+    # CPU detection training, where measured fastest (ACCEL.DECIDE; for R50-FPN: AVX2-only
+    # CPUs): 3x3 stride-1 convolutions (32+ channels) compute forward, input and weight
+    # gradients as Winograd convolutions (resdet.layers.winograd): same parameters and keys,
+    # gradients within ~1e-5 relative; R50-FPN steps 1.5x faster there (BENCHMARKS.md).
     # Other devices, autocast and small maps run the ordinary convolution either way.
+    # False: never.
     WINOGRAD: bool = True
-    # Detection training on AVX-512 CPUs: the model trains channels_last (oneDNN's NHWC
-    # kernels; R50-FPN step 1.42x torchvision against 1.12x NCHW and 1.26x with Winograd).
+    # CPU detection training, where measured fastest (for R50-FPN: AVX-512 CPUs): the model
+    # trains channels_last (oneDNN's NHWC kernels; R50-FPN step 1.42x torchvision against
+    # 1.12x NCHW and 1.26x with Winograd on the AMX Xeon). False: never.
     CPU_CHANNELS_LAST: bool = True
     AMP: AMPConfig = field(default_factory=AMPConfig)
 
@@ -224,8 +226,9 @@ class TestConfig:
     # (resdet.accel.inference_model). Same detections within float rounding.
     FAST_INFERENCE: bool = True
     # With FAST_INFERENCE on CPU: 3x3 stride-1 convolutions as NNPACK Winograd convolutions
-    # (resdet.layers.fuse; outputs within ~1e-5 relative) on CPUs where that is faster than
-    # oneDNN: AVX2-only ones (R50-FPN at 800x1333 1.4x faster); AVX-512 CPUs keep oneDNN's.
+    # (resdet.layers.fuse; outputs within ~1e-5 relative) where that is faster than oneDNN
+    # (ACCEL.DECIDE: measured on the model; R50-FPN at 800x1333 1.4x faster on AVX2-only CPUs,
+    # slower on AVX-512 ones). False: never.
     WINOGRAD: bool = True
     # Detection: write the evaluation report (resdet.evaluation.report_writer: PR and F1
     # curves, confusion matrix, TIDE errors, galleries) after the final evaluation, from

@@ -22,7 +22,7 @@ convolutions: about half of an R50-FPN's multiply-adds) can run as Winograd conv
 through NNPACK (:mod:`resdet.layers.winograd`): ~4x fewer multiplications at a rounding error
 ~1e-5 of the output's range. That pays on AVX2-only CPUs (R50-FPN 1.65x torchvision's speed
 there, against 1.20x without); on AVX-512 CPUs oneDNN's own kernels are faster, and
-evaluation leaves it off there (:func:`resdet.accel.winograd_pays`).
+evaluation leaves it off where it is not measured faster (:func:`resdet.accel.inference_winograd`).
 
 Only for inference on a folded copy: the fused modules have no autograd formula. Where the
 fused kernel does not apply (no oneDNN, CUDA tensors, fp16 autocast, gradients) every module

@@ -21,8 +21,8 @@ Two facts shape how it is called:
 Measured (``BENCHMARKS.md``), 256 channels at 200x336, batch 2: on an AVX2-only CPU forward
 3.1x, forward + backward 2.4x faster than oneDNN's direct convolution. On an AVX-512 CPU with
 AMX oneDNN's forward is as fast as NNPACK's and its NHWC kernels train faster still, so
-evaluation and training use Winograd only where :func:`resdet.accel.winograd_pays`
-(AVX2-only CPUs).
+evaluation and training use Winograd only where it is measured faster on the model
+(:func:`resdet.accel.cpu_training_path`, :func:`resdet.accel.inference_winograd`).
 
 :func:`winograd_training_` switches a model's eligible convolutions to this path in place (same
 parameters, state-dict keys and optimizer); :class:`resdet.layers.fuse.FusedConv2d` uses the
