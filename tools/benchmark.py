@@ -17,7 +17,6 @@ models. Writes ``benchmark.json`` and ``benchmark.md`` into ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ try:  # resdet_apps first: the programs and the library then come from one place
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resdet.utils.cli import tool_entry
+from resdet.utils.cli import tool_entry, tool_parser
 from resdet.utils.machine import cpu_kind
 from resdet_apps.benchmark_modes import MODES
 from resdet_apps.benchmark_report import (
@@ -68,9 +67,7 @@ def update_markdown(path: str, table: str, kind: str) -> None:
 @tool_entry
 def main(argv: list[str] | None = None) -> int:
     d = BenchOptions()
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = tool_parser(__doc__)
     p.add_argument("--size", nargs=2, type=int, default=list(d.size), metavar=("H", "W"))
     p.add_argument("--models", type=_list, default=d.models, help="comma-separated model names")
     p.add_argument("--train-models", type=_list, default=d.train_models)

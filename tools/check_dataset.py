@@ -45,7 +45,7 @@ from resdet.data.check import (
 )
 from resdet.data.dataset_plots import draw_dataset
 from resdet.data.image_io import set_max_image_pixels
-from resdet.utils.cli import tool_entry
+from resdet.utils.cli import tool_entry, tool_parser
 from resdet.utils.logging import setup_logging
 from resdet.utils.output import writing
 
@@ -72,9 +72,7 @@ def _classification_reports(cfg, args: argparse.Namespace) -> List[DatasetReport
 
 @tool_entry
 def main(argv: List[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument("--config", help="check DATASETS.TRAIN/TEST (or CLS_TRAIN/CLS_TEST)")
     parser.add_argument(
         "--dataset", action="append", default=[], help="registered name or source spec"

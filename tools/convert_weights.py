@@ -20,7 +20,6 @@ refused without running it. Checkpoints written by tools/train_cls.py need no co
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -32,7 +31,7 @@ except ImportError:  # run from a checkout without installing: put the repo root
 
 from resdet.config.load import save_config
 from resdet.export.convert import convert_weights
-from resdet.utils.cli import tool_entry
+from resdet.utils.cli import tool_entry, tool_parser
 
 
 def _overrides(cfg, dst: str) -> str:
@@ -49,9 +48,7 @@ def _overrides(cfg, dst: str) -> str:
 
 @tool_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument("source", help="torchvision .pth, MSRA/Caffe2 .pkl or detectron2 .pkl")
     parser.add_argument("output", help="resdet checkpoint to write (.pth)")
     parser.add_argument(

@@ -14,7 +14,6 @@ are skipped, an interrupted training continues from its last checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -24,7 +23,7 @@ except ImportError:  # run from a checkout without installing: put the repo root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from resdet.config.load import packaged_config_path
-from resdet.utils.cli import tool_entry
+from resdet.utils.cli import tool_entry, tool_parser
 from resdet_apps.degradation import SCHEDULES, DegradationOptions, run_degradation
 
 CONFIG = packaged_config_path("shapes_degradation.yaml")
@@ -52,9 +51,7 @@ def _print_summary(s: dict) -> None:
 
 @tool_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="toy size: every step in seconds")
     parser.add_argument("--schedule", choices=sorted(SCHEDULES), default=None)
     parser.add_argument("--config", default=CONFIG, help="recipe YAML (default: %(default)s)")

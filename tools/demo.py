@@ -14,7 +14,6 @@ its last checkpoint. Nothing is downloaded.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -23,7 +22,7 @@ try:  # resdet_apps first: the programs and the library then come from one place
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resdet.utils.cli import tool_entry
+from resdet.utils.cli import tool_entry, tool_parser
 from resdet_apps.demo import SCHEDULES, DemoOptions, default_schedule, run_demo
 
 
@@ -45,9 +44,7 @@ def _print_summary(s: dict) -> None:
 
 @tool_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="tiny smoke run (about a minute)")
     mode.add_argument("--long", action="store_true", help="longer schedule for the AP targets")

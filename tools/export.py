@@ -24,7 +24,6 @@ mismatch).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -38,7 +37,7 @@ try:
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resdet.utils.cli import tool_entry
+from resdet.utils.cli import tool_entry, tool_parser
 
 
 @torch.no_grad()
@@ -94,9 +93,7 @@ def export_and_check(fmt: str, model, reference, args, example, other, done=()) 
 
 @tool_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument("--config", default=None, help="YAML config (default: the checkpoint's)")
     parser.add_argument("--weights", required=True, help="detector checkpoint (.pth)")
     parser.add_argument("--output", required=True, help="path prefix of the exported files")

@@ -11,7 +11,6 @@ Training, evaluation and the Predictor make the same choice on their own.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,24 +24,20 @@ from resdet.accel import fast_path_report, set_threads
 from resdet.accel.measure import cache_path, machine_key
 from resdet.config import load_config
 from resdet.modeling.detection.build import build_detector
-from resdet.utils.cli import tool_entry
+from resdet.utils.cli import add_threads_argument, threads_override, tool_entry, tool_parser
 
 
 @tool_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument("--config", required=True, help="detector YAML config")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="intra-op threads (ACCEL.THREADS)"
-    )
+    add_threads_argument(parser)
     parser.add_argument("--remeasure", action="store_true", help="time again, replace the cache")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.opts)
-    set_threads(cfg.ACCEL.THREADS if args.threads is None else args.threads)
+    cfg = load_config(args.config, args.opts + threads_override(args.threads))
+    set_threads(cfg.ACCEL.THREADS)
     cfg.MODEL.BACKBONE.PRETRAINED = ""  # the speed of random weights is the speed of any
     report = fast_path_report(build_detector(cfg), cfg, remeasure=args.remeasure)
     if args.json:

@@ -34,7 +34,7 @@ try:
 except ImportError:  # run from a checkout without installing: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from resdet.utils.cli import tool_entry
+from resdet.utils.cli import add_threads_argument, threads_override, tool_entry, tool_parser
 
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)+$")
 
@@ -58,9 +58,7 @@ def _split_overrides(args: argparse.Namespace) -> None:
 
 @tool_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument("--config", default=None, help="YAML config (default: the checkpoint's)")
     parser.add_argument("--weights", required=True, help="detector checkpoint (.pth)")
     parser.add_argument(
@@ -72,12 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1, help="images / frames per pass")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--no-pictures", action="store_true", help="write only the json files")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="intra-op threads (ACCEL.THREADS; 0: one per core)",
-    )
+    add_threads_argument(parser)
     parser.add_argument(
         "--max-image-pixels", type=int, default=None,
         help="refuse images declaring more pixels (default: INPUT.MAX_IMAGE_PIXELS; 0: no limit)",
@@ -85,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
     args = parser.parse_intermixed_args(argv)
     _split_overrides(args)
-    if args.threads is not None:
-        args.opts += ["ACCEL.THREADS", str(args.threads)]
+    args.opts += threads_override(args.threads)
     if not args.input:
         parser.error("--input: name at least one image, folder, glob pattern or video")
     if not 0.0 <= args.score_thresh < 1.0:

@@ -12,7 +12,6 @@ are counted. Classifiers are counted at ``INPUT.CROP_SIZE`` square, detectors at
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,14 +24,12 @@ except ImportError:  # run from a checkout without installing: put the repo root
 
 from resdet.config import load_config
 from resdet.modeling.stats import model_stats
-from resdet.utils.cli import tool_entry
+from resdet.utils.cli import tool_entry, tool_parser
 
 
 @tool_entry
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument("--config", required=True, help="YAML config (with _BASE_ chain)")
     parser.add_argument(
         "--size", nargs=2, type=int, metavar=("H", "W"), help="input height and width"

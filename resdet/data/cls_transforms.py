@@ -338,15 +338,12 @@ def generic_eval_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> ClsTransform:
-    """Shorter side -> ``size``, center ``size×size`` crop, normalize.
+    """Shorter side -> ``size``, center ``size×size`` crop, normalize: the single-crop test of
+    :func:`imagenet_eval_transform` with ``resize = size``.
 
     Output ``float32[3, size, size]``.
     """
-    ops = [
-        A.SmallestMaxSize(max_size=size, area_for_downscale="image"),
-        A.CenterCrop(size, size, pad_if_needed=True),
-    ]
-    return ClsTransform(A.Compose(ops + _normalize_to_tensor(mean, std)))
+    return imagenet_eval_transform(size, size, mean, std)
 
 
 def _seeded(compose: A.Compose, seed: int | None) -> ClsTransform:

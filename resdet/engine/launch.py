@@ -11,13 +11,12 @@ and exits with 2.
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Callable, Dict, List, Optional
 
 from resdet.config import Config, load_config
 from resdet.engine.dist import destroy_distributed, is_main_process
-from resdet.utils.cli import DEBUG_FLAG
+from resdet.utils.cli import DEBUG_FLAG, add_threads_argument, threads_override, tool_parser
 
 RunFn = Callable[..., Dict[str, float]]
 
@@ -32,22 +31,13 @@ def tool_main(
         run: ``resdet.engine.classification.run`` or ``resdet.engine.detection.run``.
         eval_only: an evaluation tool: ``--weights`` is required and there is no training.
     """
-    parser = argparse.ArgumentParser(
-        description=doc.split("\n")[0],
-        epilog="\n".join(doc.split("\n")[1:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(doc, epilog=True)
     parser.add_argument("--config", required=True, help="YAML config (with _BASE_ chain)")
     parser.add_argument("--weights", default="", required=eval_only, help="checkpoint to use")
     if not eval_only:
         parser.add_argument("--resume", action="store_true", help="continue from last_checkpoint")
         parser.add_argument("--eval-only", action="store_true", help="evaluate and exit")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="intra-op threads (ACCEL.THREADS; 0: one per core)",
-    )
+    add_threads_argument(parser)
     parser.add_argument(
         DEBUG_FLAG, action="store_true", help="show the traceback of an error (or RESDET_DEBUG=1)"
     )
@@ -55,10 +45,7 @@ def tool_main(
     args = parser.parse_intermixed_args(argv)
     main_process = True
     try:
-        opts = list(args.opts)
-        if args.threads is not None:
-            opts += ["ACCEL.THREADS", str(args.threads)]
-        cfg: Config = load_config(args.config, opts)
+        cfg: Config = load_config(args.config, list(args.opts) + threads_override(args.threads))
         results = run(
             cfg,
             resume=getattr(args, "resume", False),

@@ -18,13 +18,13 @@ import logging
 import math
 import os
 import sys
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from resdet.data.records import DatasetError, DatasetMeta, DetectionRecord
+from resdet.data.records import DatasetError
 from resdet.evaluation.coco_io import (  # noqa: F401 (re-exported: callers import them here)
     load_coco_gt,
     load_coco_results,
@@ -32,6 +32,7 @@ from resdet.evaluation.coco_io import (  # noqa: F401 (re-exported: callers impo
     read_coco_results,
     records_to_coco_gt,
 )
+from resdet.evaluation.evaluator import PerImageEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -86,27 +87,6 @@ def check_detections(det: Dict[str, Any], num_classes: int) -> Dict[str, Any]:
             f"0..{num_classes - 1}"
         )
     return {"image_id": image_id, "boxes": boxes, "scores": scores, "labels": labels}
-
-
-def gather_to_main(items: List[Any]) -> List[Any] | None:
-    """Concatenate every rank's list on rank 0; the other ranks get ``None``.
-
-    Without an initialized process group (or with one rank) it returns ``items`` unchanged.
-    Evaluation then runs on rank 0 only, which is also the only rank that writes files.
-    """
-    torch = sys.modules.get("torch")  # no torch imported → no process group either
-    if torch is None or not (
-        torch.distributed.is_available() and torch.distributed.is_initialized()
-    ):
-        return items
-    world = torch.distributed.get_world_size()
-    if world == 1:
-        return items
-    gathered: List[Any] = [None] * world
-    torch.distributed.all_gather_object(gathered, items)
-    if torch.distributed.get_rank() != 0:
-        return None
-    return [x for part in gathered for x in part]
 
 
 def detections_to_coco_results(
@@ -268,7 +248,7 @@ def run_coco_eval(
     return metrics
 
 
-class COCOEvaluator:
+class COCOEvaluator(PerImageEvaluator[List[Dict[str, Any]]]):
     """Accumulate detections over a dataset, then score them with pycocotools.
 
     Ground truth: ``meta.json_file`` when it exists (the exact annotations COCO scores are
@@ -277,23 +257,9 @@ class COCOEvaluator:
     processed every image counts, with no detections.
 
     In a distributed run every rank calls :meth:`process` on its shard; :meth:`evaluate`
-    gathers to rank 0, which evaluates and writes files; other ranks get ``{}``.
+    gathers to rank 0, which evaluates and writes files; other ranks get ``{}``. Each processed
+    image keeps its COCO results list.
     """
-
-    def __init__(
-        self,
-        records: Sequence[DetectionRecord],
-        meta: DatasetMeta,
-        output_dir: str | None = None,
-    ) -> None:
-        self.records = list(records)
-        self.meta = meta
-        self.output_dir = output_dir
-        # (image id, that image's COCO results) in processing order.
-        self._per_image: List[Tuple[int, List[Dict[str, Any]]]] = []
-
-    def reset(self) -> None:
-        self._per_image = []
 
     def process(self, detections: List[Dict[str, Any]]) -> None:
         """Add a batch of per-image detection dicts (see :func:`detections_to_coco_results`)."""
@@ -311,14 +277,9 @@ class COCOEvaluator:
         Writes ``coco_results.json`` (the COCO results list), ``coco_metrics.json`` and
         ``coco_per_class.md`` into ``output_dir`` when it is set.
         """
-        gathered = gather_to_main(self._per_image)
-        if gathered is None:
+        by_image = self._gather()
+        if by_image is None:
             return {}
-        by_image: Dict[int, List[Dict[str, Any]]] = {}
-        for image_id, part in gathered:
-            # The first copy wins: DistributedSampler pads shards by repeating images, and a
-            # repeated image's detections would otherwise all count as duplicates (FPs).
-            by_image.setdefault(image_id, part)
         results = [r for part in by_image.values() for r in part]
         img_ids = sorted(by_image)
         if self.output_dir:
@@ -328,13 +289,9 @@ class COCOEvaluator:
                 json.dump(results, f)
             logger.info("wrote %d detections to %s", len(results), path)
         coco_gt = self._load_gt()
+        self._log_coverage(len(img_ids))
         if not img_ids:
-            logger.warning("%s: no image was processed; scoring all images", self.meta.name)
             img_ids = sorted(coco_gt.getImgIds())
-        elif len(img_ids) < len(self.records):
-            logger.info(
-                "%s: evaluating %d of %d images", self.meta.name, len(img_ids), len(self.records)
-            )
         assert self.meta.category_ids is not None
         class_names = dict(zip(self.meta.category_ids, self.meta.class_names))
         return run_coco_eval(coco_gt, results, img_ids, class_names, self.output_dir)

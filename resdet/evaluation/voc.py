@@ -23,14 +23,15 @@ import logging
 import math
 import os
 import warnings
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from resdet.data.records import DatasetError, DatasetMeta, DetectionRecord
-from resdet.evaluation.coco import check_detections, gather_to_main, json_safe
+from resdet.data.records import DatasetError, DetectionRecord
+from resdet.evaluation.coco import check_detections, json_safe
+from resdet.evaluation.evaluator import PerImageEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def _nanmean(values: List[float]) -> float:
         return float(np.nanmean(values)) if values else float("nan")
 
 
-class VOCEvaluator:
+class VOCEvaluator(PerImageEvaluator[Dict[str, Any]]):
     """Accumulate detections, then compute the VOC devkit's per-class AP and the mean.
 
     Only images passed to :meth:`process` are evaluated (a subset can be scored; their gt
@@ -142,24 +143,12 @@ class VOCEvaluator:
     to rank 0, which returns the metrics and writes files; other ranks get ``{}``.
     """
 
-    def __init__(
-        self,
-        records: Sequence[DetectionRecord],
-        meta: DatasetMeta,
-        output_dir: str | None = None,
-    ) -> None:
-        self.records = list(records)
-        self.meta = meta
-        self.output_dir = output_dir
-        self._dets: List[Dict[str, Any]] = []
-
-    def reset(self) -> None:
-        self._dets = []
-
     def process(self, detections: List[Dict[str, Any]]) -> None:
         """Add per-image ``{"image_id", "boxes" [N, 4] xyxy, "scores" [N], "labels" [N]}``."""
         k = len(self.meta.class_names)
-        self._dets.extend(check_detections(d, k) for d in detections)
+        for d in detections:
+            checked = check_detections(d, k)
+            self._per_image.append((checked["image_id"], checked))
 
     def evaluate(self) -> Dict[str, Any]:
         """Returns ``{"mAP07", "mAP", "AP50", "per_class": {name: {"ap07", "ap"}}}``.
@@ -171,30 +160,19 @@ class VOCEvaluator:
         Raises:
             DatasetError: detections for an image id that is not among the records.
         """
-        gathered = gather_to_main(self._dets)
-        if gathered is None:
+        dets = self._gather()
+        if dets is None:
             return {}
         by_id = {int(r.image_id): r for r in self.records}
-        dets: Dict[int, Dict[str, Any]] = {}
-        for d in gathered:
-            if d["image_id"] not in by_id:
+        for image_id in dets:
+            if image_id not in by_id:
                 raise DatasetError(
-                    f"{self.meta.name}: detections for image id {d['image_id']}, "
+                    f"{self.meta.name}: detections for image id {image_id}, "
                     "which is not among the dataset's records"
                 )
-            # The first copy wins: DistributedSampler pads shards by repeating images.
-            dets.setdefault(d["image_id"], d)
-        if dets:
-            records = [r for r in self.records if int(r.image_id) in dets]
-            if len(records) < len(self.records):
-                logger.info(
-                    "%s: evaluating %d of %d images",
-                    self.meta.name,
-                    len(records),
-                    len(self.records),
-                )
-        else:
-            logger.warning("%s: no image was processed; scoring all images", self.meta.name)
+        records = [r for r in self.records if int(r.image_id) in dets]
+        self._log_coverage(len(records))
+        if not dets:
             records = self.records
 
         per_class: Dict[str, Dict[str, float]] = {}

@@ -22,12 +22,13 @@ import torch
 from resdet.config.load import config_from_dict, config_to_dict
 from resdet.config.schema import Config
 from resdet.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from resdet.export import convert_resnet
 from resdet.export.convert_detector import (
     detector_kind,
     detectron2_detector_to_resdet,
     torchvision_detector_to_resdet,
 )
-from resdet.export.convert_resnet import (  # re-exported: the names callers import from here
+from resdet.export.convert_resnet import (  # noqa: F401 (re-exported: callers import them here)
     CAFFE2_PIXEL_MEAN_BGR,
     FROZEN_BN_EPS,
     TORCHVISION_MEAN_RGB,
@@ -48,23 +49,12 @@ from resdet.utils.safe_pickle import safe_load_pickle
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "CAFFE2_PIXEL_MEAN_BGR",
-    "FROZEN_BN_EPS",
-    "TORCHVISION_MEAN_RGB",
-    "TORCHVISION_STD_RGB",
-    "ConversionError",
+    *convert_resnet.__all__,  # every name of convert_resnet is re-exported here
     "RawWeights",
-    "as_tensors",
-    "caffe2_to_resdet",
     "conversion_meta",
     "convert_weights",
-    "d2_resnet_key",
-    "detectron2_to_resdet",
-    "imagenet_config",
-    "layout_from_resdet_keys",
     "load_foreign_weights",
     "read_weights_file",
-    "torchvision_to_resdet",
 ]
 
 

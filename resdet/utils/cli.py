@@ -11,11 +11,16 @@ and ``FloatingPointError`` (a NaN loss) -- become ``error: <file>: <problem>`` o
 exit status 2. Anything else is a bug and keeps its traceback. ``--debug`` anywhere on the
 command line (or ``RESDET_DEBUG=1``) prints the traceback of expected errors too.
 
+The tools' shared command-line pieces live here too: :func:`tool_parser` (the parser a tool's
+docstring describes) and :func:`add_threads_argument` / :func:`threads_override` (``--threads``
+as the ``ACCEL.THREADS`` override).
+
 This module imports nothing heavy, so a tool that does not need torch starts quickly.
 """
 
 from __future__ import annotations
 
+import argparse
 import errno
 import functools
 import os
@@ -23,7 +28,16 @@ import sys
 import traceback
 from typing import Callable, List, Optional
 
-__all__ = ["EXIT_ERROR", "describe_os_error", "format_error", "is_expected", "tool_entry"]
+__all__ = [
+    "EXIT_ERROR",
+    "add_threads_argument",
+    "describe_os_error",
+    "format_error",
+    "is_expected",
+    "threads_override",
+    "tool_entry",
+    "tool_parser",
+]
 
 EXIT_ERROR = 2
 DEBUG_FLAG = "--debug"
@@ -97,3 +111,32 @@ def tool_entry(main: Callable[[Optional[List[str]]], Optional[int]]) -> Callable
             return EXIT_ERROR
 
     return wrapper
+
+
+def tool_parser(doc: str, *, epilog: bool = False) -> argparse.ArgumentParser:
+    """The parser of a tool whose module docstring is ``doc``: its first line is the
+    description; with ``epilog`` the rest (the usage examples) follows the options as written.
+    """
+    first, _, rest = doc.partition("\n")
+    return argparse.ArgumentParser(
+        description=first,
+        epilog=rest if epilog else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: the intra-op thread count, given to the config as ``ACCEL.THREADS``
+    (see :func:`threads_override`)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads (ACCEL.THREADS; 0: one per core)",
+    )
+
+
+def threads_override(threads: Optional[int]) -> List[str]:
+    """``--threads N`` as the ``KEY VALUE`` override ``["ACCEL.THREADS", "N"]``; none without
+    it. Appended after the other overrides, so the flag wins over an ``ACCEL.THREADS`` pair."""
+    return [] if threads is None else ["ACCEL.THREADS", str(threads)]

@@ -55,6 +55,14 @@ def _hand_case(g4_difficult: bool) -> tuple[list[DetectionRecord], list[dict]]:
     return records, dets
 
 
+def _score_hand_case(g4_difficult: bool) -> dict:
+    """The VOC metrics of :func:`_hand_case`, every detection processed in one batch."""
+    records, dets = _hand_case(g4_difficult)
+    ev = VOCEvaluator(records, DatasetMeta("hand", ["car"], evaluator="voc"))
+    ev.process(dets)
+    return ev.evaluate()
+
+
 def test_hand_worked_case_with_difficult() -> None:
     # g4 difficult: npos = 3; d5 counts for nothing.
     #   order   d1  d2  d5  d4  d3
@@ -63,10 +71,7 @@ def test_hand_worked_case_with_difficult() -> None:
     # 11-point: t = 0, .1, .2, .3 -> max prec at rec >= t = 1; t = .4, .5, .6 -> 2/3;
     #           t = .7 .. 1 -> 0.  AP07 = (4 * 1 + 3 * 2/3) / 11 = 6/11.
     # area: envelope 1 on (0, 1/3], 2/3 on (1/3, 2/3], 0 beyond: 1/3 + 2/9 = 5/9.
-    records, dets = _hand_case(g4_difficult=True)
-    ev = VOCEvaluator(records, DatasetMeta("hand", ["car"], evaluator="voc"))
-    ev.process(dets)
-    m = ev.evaluate()
+    m = _score_hand_case(g4_difficult=True)
     assert m["per_class"]["car"]["ap07"] == pytest.approx(6 / 11)
     assert m["per_class"]["car"]["ap"] == pytest.approx(5 / 9)
     assert m["mAP07"] == pytest.approx(6 / 11) and m["mAP"] == pytest.approx(5 / 9)
@@ -79,10 +84,7 @@ def test_hand_worked_case_without_difficult() -> None:
     #   fp   0   1   1   1   2     prec = 1   .5  2/3 .75 .6
     # 11-point: t = 0, .1, .2 -> 1; t = .3 .. .7 -> .75; t >= .8 -> 0: (3 + 5 * .75) / 11.
     # area: .25 * 1 + .5 * .75 = .625.
-    records, dets = _hand_case(g4_difficult=False)
-    ev = VOCEvaluator(records, DatasetMeta("hand", ["car"], evaluator="voc"))
-    ev.process(dets)
-    m = ev.evaluate()
+    m = _score_hand_case(g4_difficult=False)
     assert m["per_class"]["car"]["ap07"] == pytest.approx(6.75 / 11)
     assert m["per_class"]["car"]["ap"] == pytest.approx(0.625)
 
