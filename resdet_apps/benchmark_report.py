@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from resdet.utils.machine import machine_info
+from resdet.utils.machine import CPU_KINDS, cpu_kind, machine_info
 from resdet_apps.benchmark import ModelSpec
 from resdet_apps.benchmark_modes import (
     MODES,
@@ -245,7 +245,8 @@ def render_markdown(results: Dict[str, Any], command: str = "") -> str:
     """The report as markdown: machine, one table per mode, targets."""
     m = results["machine"]
     h, w = results["size"]
-    lines = ["## Latest benchmark", ""]
+    kind = CPU_KINDS[cpu_kind(m["isa"])]
+    lines = [f"## Latest benchmark: {kind} ({m['cpu']})", ""]
     if command:
         lines += ["Command:", "", "```", command, "```", ""]
     lines += [f"Machine: {m['cpu']} ({', '.join(m['isa'])}), {m['cores']} cores, "
