@@ -253,3 +253,27 @@ def test_fast_paths_tool_prints_the_times_and_choices(tmp_path):
     assert report["training_path"] in ("none", "winograd", "channels_last")
     assert "nchw" in report["times"]["train"] and "fused" in report["times"]["infer"]
     assert (tmp_path / "fastpaths.json").exists()
+
+
+def test_the_probe_leaves_torchs_random_state(tiny):
+    model, _ = tiny
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    measure.measure_paths(model, size=64, train=True, rounds=1)
+    assert torch.equal(torch.rand(3), expected)  # training after it draws what it would have
+
+
+def test_a_distributed_run_takes_rank_0s_training_path(tiny, measured, monkeypatch):
+    model, cfg = tiny
+    measured["train"] = {"nchw": 1.0, "channels_last": 0.5, "winograd": 0.9}
+    sent = []
+
+    def broadcast(box, src):
+        sent.append((list(box), src))
+        box[0] = "none"  # what rank 0 measured
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "broadcast_object_list", broadcast)
+    assert accel.cpu_training_path(cfg, CPU, model) == "none"
+    assert sent == [(["channels_last"], 0)]

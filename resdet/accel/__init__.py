@@ -188,9 +188,18 @@ def cpu_training_path(cfg: Config, device: torch.device, model: Optional[nn.Modu
         return "none"
     base = "channels_last" if cfg.MODEL.CHANNELS_LAST else "nchw"
     best = min((p for p in allowed if p in times), key=times.__getitem__, default=None)
-    if best is not None and times[best] < MARGIN * times[base]:
-        return best
-    return "none"
+    path = best if best is not None and times[best] < MARGIN * times[base] else "none"
+    return _same_on_all_ranks(path)
+
+
+def _same_on_all_ranks(choice: str) -> str:
+    """Rank 0's ``choice`` on every rank of a distributed run (each rank measures on its own,
+    under the others' load, and could otherwise train its replica another way)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [choice]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+    return choice
 
 
 def inference_winograd(model: nn.Module, cfg: Config) -> bool:
