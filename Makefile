@@ -9,9 +9,17 @@ STAMP := $(VENV)/.installed
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
+RUN_STAMP := $(VENV)/.installed-run
+
 # torch and torchvision are pinned first so no other dependency can pull a different torch build.
-$(STAMP): $(BIN)/python setup.py
+# The demo needs only the library; the tests also the optional runtimes (onnx, OpenVINO) and
+# the dev tools, installed on top.
+$(RUN_STAMP): $(BIN)/python setup.py
 	$(BIN)/pip install "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/pip install -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/pip install -e ".[dev,onnx,openvino]"
 	touch $(STAMP)
 
@@ -25,7 +33,7 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests
 
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(BIN)/python tools/demo.py --output output/demo
 
 clean:
