@@ -149,23 +149,23 @@ def test_measured_times_are_cached_per_machine_threads_and_model(tiny, monkeypat
         return {"nchw": 1.0 + len(calls)}
 
     monkeypatch.setattr(measure, "measure_paths", fake)
-    first = measure.measured_times(model, 999, train=True)
+    first = measure.measured_times(model, 4096, train=True)
     assert calls == [(measure.PROBE_MAX_SIZE, True)]  # capped
-    assert measure.measured_times(model, 999, train=True) == first  # from the cache
+    assert measure.measured_times(model, 4096, train=True) == first  # from the cache
     assert len(calls) == 1
     saved = json.loads((tmp_path / "fastpaths.json").read_text())
     assert list(saved.values()) == [first]
     assert f"torch {torch.__version__}" in next(iter(saved))
-    measure.measured_times(model, 999, train=False)  # inference: its own entry
-    measure.measured_times(model, 999, train=True, settings="other RPN")  # other config
+    measure.measured_times(model, 4096, train=False)  # inference: its own entry
+    measure.measured_times(model, 4096, train=True, settings="other RPN")  # other config
     previous = torch.get_num_threads()
     torch.set_num_threads(previous + 1)
     try:
-        measure.measured_times(model, 999, train=True)  # other thread count
+        measure.measured_times(model, 4096, train=True)  # other thread count
     finally:
         torch.set_num_threads(previous)
     assert len(calls) == 4
-    assert measure.measured_times(model, 999, train=True, remeasure=True) != first
+    assert measure.measured_times(model, 4096, train=True, remeasure=True) != first
     assert len(calls) == 5
 
 
@@ -277,3 +277,19 @@ def test_a_distributed_run_takes_rank_0s_training_path(tiny, measured, monkeypat
     monkeypatch.setattr(torch.distributed, "broadcast_object_list", broadcast)
     assert accel.cpu_training_path(cfg, CPU, model) == "none"
     assert sent == [(["channels_last"], 0)]
+
+
+@pytest.mark.parametrize("budget, passes", [(0.0, 1), (1e9, 4)])
+def test_long_first_passes_are_the_measurement(tiny, monkeypatch, budget, passes):
+    model, _ = tiny
+    count = {"a": 0, "b": 0}
+
+    def candidates(model, size, train, bf16):
+        def run(name):
+            count[name] += 1
+
+        return {name: (lambda n=name: run(n)) for name in count}
+
+    monkeypatch.setattr(measure, "_candidates", candidates)
+    times = measure.measure_paths(model, size=64, rounds=3, budget=budget)
+    assert set(times) == {"a", "b"} and count == {"a": passes, "b": passes}

@@ -18,9 +18,11 @@ demo all call this package; none of them assembles or chooses a fast path itself
 overrides the config, e.g. in a test suite):
 
 - ``"measure"`` (default): the candidates the config allows (``SOLVER.WINOGRAD``,
-  ``SOLVER.CPU_CHANNELS_LAST``, ``TEST.WINOGRAD``) are timed on the model's own backbone once
-  per machine, torch version, thread count and model (:mod:`resdet.accel.measure`: ~1-3 s,
-  cached); a path other than the plain one is taken when it is at least 3% faster (bf16: 10%).
+  ``SOLVER.CPU_CHANNELS_LAST``, ``TEST.WINOGRAD``) are timed on the model itself at the
+  config's image size, once per machine, torch version, thread count and model
+  (:mod:`resdet.accel.measure`: ~3 s for a small model, ~2 min for R50-FPN at 800 px on 2
+  AVX2 cores; cached); a path other than the plain one is taken when it is at least 3% faster
+  (bf16: 10%).
   bf16 is timed only where the CPU computes it natively (``avx512_bf16`` or ``amx_bf16``):
   emulated bf16 is 10-25x slower.
 - ``"isa"``: the fixed rule by CPU capability measured on two machines (``BENCHMARKS.md``):

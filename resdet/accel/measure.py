@@ -6,7 +6,7 @@ on AVX-512 ones; on the same AVX2 CPU the demo's narrow R18-FPN trains fastest w
 Winograd nor channels_last; bf16 autocast is 1.35-1.9x faster than float32 on an AMX Xeon but
 *slower* (0.64x inference, 0.79x training on R50-FPN) on an AVX-512-BF16 Xeon without AMX
 (``BENCHMARKS.md``). So :mod:`resdet.accel` decides by timing the candidates on the model
-itself, on two small images, once:
+itself, on two images of the config's size, once:
 
 - **training**: a training step (forward, losses, backward) of a copy of the detector with
   frozen BN folded on the fly, as is (NCHW), with its 3x3 convolutions as Winograd
@@ -17,7 +17,8 @@ itself, on two small images, once:
 
 Each candidate runs once untimed, then up to three times in turn with the others (so a change of
 load hits all alike; fewer rounds for a large model, within ~6 s of timed passes); its time is
-the minimum. That costs ~2 s for the demo's R18-FPN and ~30 s for R50-FPN on 2 cores, once.
+the minimum; where every first pass takes over 6 s, that pass is the measurement. That costs
+~3 s for the demo's R18-FPN and ~2 min for R50-FPN at 800 px on 2 AVX2 cores, once.
 Without native bf16 (no ``avx512_bf16`` or ``amx_bf16`` flag) bf16 is emulated and 10-25x
 slower (measured on an AVX2 EPYC): it is not timed.
 
@@ -57,10 +58,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The probe's shorter image side at most: large enough for the convolutions' relative speed to
-# be that of real images, small enough that timing all candidates takes seconds, not minutes
-# (R50-FPN: ~10 s on 2 AVX2 cores; the demo's R18-FPN: ~2 s).
-PROBE_MAX_SIZE = 256
+# The probe's shorter image side at most. The probe runs at the config's own training (or test)
+# size up to this: which path wins depends on the map size (on a 2-core AVX2 EPYC, R50-FPN at
+# 256 px trained fastest in NCHW, at 800x1333 1.39x faster with Winograd: measured), so a
+# smaller probe than the real images chose wrongly.
+PROBE_MAX_SIZE = 1024
 # Timed passes stop after the round that reaches this many seconds (one round at least).
 BUDGET_SECONDS = 6.0
 CACHE_FILE = "fastpaths.json"
@@ -215,8 +217,13 @@ def measure_paths(
     with torch.random.fork_rng(devices=[]):
         runs = _candidates(model, size, train=train, bf16=native_bf16())
         times: Dict[str, List[float]] = {name: [] for name in runs}
-        for run in runs.values():
-            run()  # untimed: first-call allocations and kernel selection
+        first = {}
+        for name, run in runs.items():
+            t = time.perf_counter()
+            run()  # first-call allocations and kernel selection: untimed, unless long
+            first[name] = time.perf_counter() - t
+        if min(first.values()) >= budget:  # passes this long: their first-call cost is noise
+            return first
         spent = 0.0
         for _ in range(rounds):
             for name, run in runs.items():

@@ -244,8 +244,9 @@ class TestConfig:
 class AccelConfig:
     # How resdet picks the CPU fast paths the config allows (SOLVER.WINOGRAD,
     # SOLVER.CPU_CHANNELS_LAST, TEST.WINOGRAD; bf16 in the demo's schedule): "measure" times
-    # them on the model's backbone once per machine, torch version, thread count and model
-    # (~1-3 s, cached in ~/.cache/resdet/fastpaths.json); "isa" follows a fixed rule by CPU
+    # them on the model at the config's image size once per machine, torch version, thread
+    # count and model (seconds for a small model, ~2 min for R50-FPN at 800 px on 2 cores;
+    # cached in ~/.cache/resdet/fastpaths.json); "isa" follows a fixed rule by CPU
     # capability, untimed; "config" uses what the config allows, untimed. resdet.accel.
     DECIDE: str = "measure"
     # Intra-op threads of the process (training, evaluation, inference); 0 = torch's default
