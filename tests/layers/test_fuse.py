@@ -15,6 +15,7 @@ from test_winograd import count_nnpack_calls
 from resdet.accel import fuse_for_inference, inference_copy
 from resdet.layers.fold import fold_frozen_bn
 from resdet.layers.fuse import (
+    Conv1x1NCHW,
     FusedConv2d,
     mkldnn_bf16_available,
     mkldnn_fusion_available,
@@ -154,11 +155,52 @@ def test_winograd_is_only_used_where_it_applies():
     assert not (strided.winograd or narrow.winograd or pointwise.winograd)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_conv1x1_nchw_matches_conv_and_writes_nchw(layout, residual):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, 1)
+    x = torch.randn(2, 6, 7, 9)
+    if layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = conv(x).detach()
+    other = torch.randn_like(ref).contiguous() if residual else None
+    ref = ref + other if residual else ref
+    gemm = Conv1x1NCHW(conv)
+    with torch.inference_mode():
+        out = gemm(x, other)
+    assert out.is_contiguous()  # NCHW, whatever the input's layout
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    # Outside fp32 inference it is the convolution (with autograd).
+    y = gemm(x.requires_grad_(), other)
+    assert y.grad_fn is not None
+    torch.testing.assert_close(y.detach(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_conv1x1_nchw_refuses_other_convolutions():
+    with pytest.raises(ValueError, match="1x1 stride-1"):
+        Conv1x1NCHW(nn.Conv2d(4, 4, 3, padding=1))
+    with pytest.raises(ValueError, match="unpadded"):
+        Conv1x1NCHW(nn.Conv2d(4, 4, 1, padding=1))
+
+
 @needs_winograd
 @pytest.mark.parametrize("kind", ["fpn", "c4"])
 def test_winograd_detector_gives_the_same_detections(kind):
     model, inputs = tiny_detector(kind)
     fast = inference_copy(model, fuse=True, winograd=True)
     assert any(getattr(m, "winograd", False) for m in fast.modules())
+    # Winograd runs where the maps are NCHW throughout (FPN outputs, the RPN head, with GEMM
+    # 1x1 convolutions), not in the residual blocks between oneDNN's NHWC convolutions.
+    assert fast.rpn.head.conv.winograd
+    assert isinstance(fast.rpn.head.objectness, Conv1x1NCHW)
+    trunk = fast.backbone.bottom_up if kind == "fpn" else fast.backbone
+    assert not any(getattr(m, "winograd", False) for m in trunk.modules())
+    if kind == "fpn":
+        assert all(isinstance(m, Conv1x1NCHW) for m in fast.backbone.lateral)
+        assert all(m.winograd for m in fast.backbone.output)
+        with torch.inference_mode():
+            maps = fast.backbone(fast.preprocess(inputs).tensor)
+        assert all(m.is_contiguous() for m in maps.values())  # NCHW for NNPACK
     with torch.inference_mode():
         assert_same_detections(model(inputs)[0], fast(inputs)[0], atol=1e-3)

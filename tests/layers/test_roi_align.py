@@ -157,6 +157,31 @@ def test_multiscale_pooler_channels_last_inference():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("aligned", [False, True])
+def test_multiscale_pooler_pools_nchw_inference_maps_nhwc(aligned, monkeypatch):
+    # The Winograd inference path hands the pooler NCHW maps: they take the sparse product too
+    # (after one channels_last copy), with torchvision's result.
+    torch.manual_seed(0)
+    feats = {f"p{i}": torch.randn(1, 4, 512 >> i, 640 >> i) for i in range(2, 6)}
+    boxes = [torch.rand(40, 4) * 100]
+    boxes[0][:, 2:] = boxes[0][:, :2] + torch.empty(40, 2).uniform_(2.0, 6.0).exp()
+    calls = []
+    real = roi_align_module._sparse_forward_nhwc
+    monkeypatch.setattr(
+        roi_align_module, "_sparse_forward_nhwc", lambda *a: calls.append(a[0].shape) or real(*a)
+    )
+    pool = MultiScaleRoIAlign(list(feats), 7, 0, aligned=aligned)
+    with torch.inference_mode():
+        out = pool(feats, boxes, [(512, 640)])
+    ref_pool = MultiScaleRoIAlign(list(feats), 7, 0, aligned=aligned)
+    monkeypatch.setattr(roi_align_module, "_pools_nhwc", lambda x, any_layout=False: False)
+    with torch.inference_mode():
+        ref = ref_pool(feats, boxes, [(512, 640)])  # torchvision's kernel, level by level
+    assert len({int(v) for v in pool.map_levels(boxes)}) > 1  # several levels were pooled
+    assert [shape[1:] for shape in calls] == [v.shape[1:] for v in feats.values()]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_bf16_autocast_forward_and_backward_keep_fp32_boxes():
     # Under CPU bf16 autocast: the RoIs stay fp32 (a bf16 x near 1000 px is only good to 4 px),
     # the pooling runs in fp32, and the sparse backward (fp32-only kernel) returns a bf16

@@ -76,14 +76,17 @@ class _Block(nn.Module):
         """Fuse conv + bias + ReLU (+ residual add) for inference, in place (see the class).
 
         A projection shortcut ``Sequential(conv, folded norm)`` becomes one fused convolution;
-        option A (zero padding) and the identity stay. ``winograd``: 3x3 stride-1 convolutions
-        run as Winograd convolutions where they can (:class:`~resdet.layers.fuse.FusedConv2d`).
+        option A (zero padding) and the identity stay. ``winograd`` is taken for the fusing
+        walk's sake and not used: the block's 1x1 convolutions and its neighbours run oneDNN in
+        NHWC, and the two layout copies around an NNPACK convolution cost what its Winograd
+        arithmetic saves (measured, ``BENCHMARKS.md``); Winograd inference is the FPN's and the
+        RPN head's, which run NCHW throughout.
         """
         if not self.can_fuse():
             raise ValueError(f"{type(self).__name__}.fuse needs a folded block: run fold_frozen_bn")
         for k in range(1, self.num_convs + 1):
             conv = getattr(self, f"conv{k}")
-            setattr(self, f"conv{k}", FusedConv2d(conv, relu=True, winograd=winograd))
+            setattr(self, f"conv{k}", FusedConv2d(conv, relu=True))
         ds = self.downsample
         if isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[1], nn.Identity):
             self.downsample = FusedConv2d(ds[0], relu=False)

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from resdet.layers.fuse import FusedConv2d
+from resdet.layers.fuse import Conv1x1NCHW, FusedConv2d
 from resdet.modeling.backbone.base import Backbone, ShapeSpec
 from resdet.modeling.backbone.resnet import ResNet
 
@@ -50,15 +50,22 @@ class FPN(Backbone):
         return dict(self._shapes)
 
     def fuse(self, winograd: bool = False) -> None:
-        """For inference, in place: the lateral and output convolutions become
-        :class:`~resdet.layers.fuse.FusedConv2d` (bias add fused, NHWC; ``winograd`` for the 3x3
-        outputs where it applies), and each lateral convolution adds the top-down map inside
-        its oneDNN call."""
+        """For inference, in place: each lateral convolution adds the top-down map inside its
+        own call, the convolutions' bias adds are fused.
+
+        Without ``winograd`` every convolution is a :class:`~resdet.layers.fuse.FusedConv2d`
+        (oneDNN, NHWC, like the ResNet below). With it the pyramid runs NCHW, the layout
+        NNPACK reads: the 3x3 outputs are Winograd convolutions (on maps of 12+ pixels a side)
+        and the laterals :class:`~resdet.layers.fuse.Conv1x1NCHW` GEMMs, which read the
+        ResNet's NHWC maps without a transposing copy; the RPN head follows
+        (:meth:`resdet.modeling.detection.rpn.RPNHead.fuse`).
+        """
         if self.fused:
             return
-        for convs in (self.lateral, self.output):
-            for i, conv in enumerate(convs):
-                convs[i] = FusedConv2d(conv, relu=False, winograd=winograd)
+        for i, conv in enumerate(self.lateral):
+            self.lateral[i] = Conv1x1NCHW(conv) if winograd else FusedConv2d(conv, relu=False)
+        for i, conv in enumerate(self.output):
+            self.output[i] = FusedConv2d(conv, relu=False, winograd=winograd)
         self.fused = True
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:

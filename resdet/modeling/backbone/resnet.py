@@ -208,9 +208,10 @@ class ResNet(Backbone):
 
     def fuse(self, winograd: bool = False) -> None:
         """For inference, in place: a stem whose norm was folded runs conv + bias + ReLU as
-        one :class:`~resdet.layers.fuse.FusedConv2d` (the blocks fuse themselves)."""
+        one :class:`~resdet.layers.fuse.FusedConv2d` (the blocks fuse themselves; ``winograd``
+        is not used: the 7x7 stem has no Winograd form here)."""
         if isinstance(self.bn1, nn.Identity) and type(self.conv1) is nn.Conv2d:
-            self.conv1 = FusedConv2d(self.conv1, relu=True, winograd=winograd)
+            self.conv1 = FusedConv2d(self.conv1, relu=True)
             self.relu = nn.Identity()  # the ReLU now runs inside conv1
 
     def output_shape(self) -> Dict[str, ShapeSpec]:

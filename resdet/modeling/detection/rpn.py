@@ -8,6 +8,7 @@ runs NMS and returns the best ``post_nms_topk`` proposals per image.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
-from resdet.layers.fuse import FusedConv2d
+from resdet.layers.fuse import Conv1x1NCHW, FusedConv2d
 from resdet.layers.tracing import topk_min
 from resdet.modeling.detection.anchors import AnchorGenerator
 from resdet.modeling.detection.box_coder import BoxCoder
@@ -38,14 +39,18 @@ class RPNHead(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def fuse(self, winograd: bool = False) -> None:
-        """For inference, in place: every convolution becomes a
-        :class:`~resdet.layers.fuse.FusedConv2d`, the 3x3 one with the ReLU inside."""
+        """For inference, in place: the 3x3 convolution becomes a
+        :class:`~resdet.layers.fuse.FusedConv2d` with the ReLU inside; with ``winograd`` it
+        runs Winograd on the FPN's NCHW maps and the two 1x1 convolutions are
+        :class:`~resdet.layers.fuse.Conv1x1NCHW` GEMMs on its NCHW output (oneDNN NHWC
+        convolutions otherwise)."""
         if isinstance(self.conv, FusedConv2d):
             return  # fused already
         self.conv = FusedConv2d(self.conv, relu=True, winograd=winograd)
         self.relu = nn.Identity()
-        self.objectness = FusedConv2d(self.objectness, relu=False, winograd=winograd)
-        self.deltas = FusedConv2d(self.deltas, relu=False, winograd=winograd)
+        one_by_one = Conv1x1NCHW if winograd else partial(FusedConv2d, relu=False)
+        self.objectness = one_by_one(self.objectness)
+        self.deltas = one_by_one(self.deltas)
 
     def forward(
         self, features: Sequence[torch.Tensor]
