@@ -33,9 +33,10 @@ from typing import Any, Dict, List, Sequence, Tuple
 from resdet.config.load import ConfigError, config_to_dict, load_config
 from resdet.config.schema import Config
 from resdet.data.shapes import shapes_paths
-from resdet.utils.logging import close_logging, setup_logging
+from resdet.utils.logging import setup_logging
 from resdet_apps.demo_steps import (
     Background,
+    StepRun,
     StepTimer,
     prepare_step,
     schedule_and_data_root,
@@ -252,20 +253,13 @@ def run_degradation(opts: DegradationOptions) -> Dict[str, Any]:
     Raises:
         ConfigError, DatasetError: bad options, config or data (the message says which).
     """
-    import torch
-
     from resdet_apps import degradation_report
 
     sch, data_root = schedule_and_data_root(SCHEDULES, opts.schedule, opts.data_root, "shapes_c32")
     configs = build_configs(opts, data_root)
-    os.makedirs(opts.output, exist_ok=True)
-    setup_logging(opts.output)
-    t_start, load_start = time.perf_counter(), os.getloadavg()
-    timer = StepTimer(opts.output)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    background: Background | None = None
-    try:
+    with StepRun(opts.output) as run:
+        t_start, load_start = time.perf_counter(), os.getloadavg()
+        timer = run.timer
         data = shapes_step(data_root, opts.workers, num_train=sch.num_train,
                            num_val=sch.num_val, crop_size=32)  # fmt: skip
 
@@ -275,7 +269,7 @@ def run_degradation(opts: DegradationOptions) -> Dict[str, Any]:
         p_shallow, p_deep, r_shallow, r_deep = configs.items()
         chains = [[r_deep, p_shallow], [p_deep, r_shallow]]
         if opts.parallel:
-            background = Background(
+            run.background = Background(
                 _chain,
                 *(chains[1], sch.response_images, opts.output, True, timer.steps),
                 name=f"second training process ({', '.join(n for n, _ in chains[1])})",
@@ -283,8 +277,8 @@ def run_degradation(opts: DegradationOptions) -> Dict[str, Any]:
             steps = _chain(chains[0], sch.response_images, opts.output, False, timer.steps)
             timer.steps.update(steps)
             logger.info("waiting for the second process (%s)", [n for n, _ in chains[1]])
-            timer.steps.update(background.result())
-            background = None
+            timer.steps.update(run.background.result())
+            run.background = None
         else:
             for chain in chains:
                 steps = _chain(chain, sch.response_images, opts.output, False, timer.steps)
@@ -311,8 +305,3 @@ def run_degradation(opts: DegradationOptions) -> Dict[str, Any]:
         with open(os.path.join(opts.output, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
         return summary
-    finally:
-        if background is not None:
-            background.stop()
-        torch.set_num_threads(threads)
-        close_logging()

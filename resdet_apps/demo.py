@@ -42,9 +42,10 @@ from resdet.data.catalog import (
 )
 from resdet.data.shapes import shapes_paths
 from resdet.engine import classification, detection
-from resdet.utils.logging import close_logging, setup_logging
+from resdet.utils.logging import setup_logging
 from resdet_apps.demo_steps import (
     Background,
+    StepRun,
     StepTimer,
     prepare_step,
     schedule_and_data_root,
@@ -318,27 +319,18 @@ def run_demo(opts: DemoOptions) -> Dict[str, Any]:
     """Run the whole demo as ``opts`` says; return the summary also written to
     ``<output>/summary.json`` (metrics of each run, wall time per step, report paths).
 
-    Uses one intra-op thread per process: the ops of these small networks gain little from
-    a second OpenMP thread, and a spinning OpenMP team on a CPU shared with other work
-    measured 5-10x slower than one thread. With ``opts.parallel`` the from-scratch detector
-    trains in a second process meanwhile, so the two cores do the two chains of the demo.
+    Uses one intra-op thread per process (:class:`~resdet_apps.demo_steps.StepRun` says why).
+    With ``opts.parallel`` the from-scratch detector trains in a second process meanwhile, so
+    the two cores do the two chains of the demo.
 
     Raises:
         ConfigError, DatasetError: bad options, configs or data (the message says which).
     """
-    import torch
-
     from resdet_apps import demo_report  # matplotlib and opencv drawing: only when needed
 
     sch, data_root = schedule_and_data_root(SCHEDULES, opts.schedule, opts.data_root, "shapes")
-    os.makedirs(opts.output, exist_ok=True)
-    setup_logging(opts.output)
-    t_start = time.perf_counter()
-    timer = StepTimer(opts.output)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    background: Background | None = None
-    try:
+    with StepRun(opts.output) as run:
+        t_start, timer = time.perf_counter(), run.timer
         configs, val = build_configs(opts, data_root)
 
         data = shapes_step(data_root, opts.workers, num_train=sch.num_train,
@@ -352,7 +344,7 @@ def run_demo(opts: DemoOptions) -> Dict[str, Any]:
         step("data", data)
         if "scratch" in configs and opts.parallel:
             scratch_dir = configs["scratch"].OUTPUT_DIR
-            background = Background(
+            run.background = Background(
                 _scratch_chain,
                 *(configs["scratch"], val, data_root, sch.eval_images, timer.steps),
                 name=f"from-scratch detector (log: {scratch_dir}/log.txt)",
@@ -361,10 +353,10 @@ def run_demo(opts: DemoOptions) -> Dict[str, Any]:
         step("cls", lambda: _train(configs["cls"], classification.run))
         step("det", lambda: _train(configs["det"], detection.run))
         step("det_eval", lambda: _evaluate(configs["det"], val))
-        if background is not None:
+        if run.background is not None:
             logger.info("waiting for the from-scratch detector (%s)", scratch_dir)
-            timer.steps.update(background.result())
-            background = None
+            timer.steps.update(run.background.result())
+            run.background = None
             timer.save()
         elif "scratch" in configs:
             step("scratch", lambda: _train(configs["scratch"], detection.run))
@@ -381,8 +373,3 @@ def run_demo(opts: DemoOptions) -> Dict[str, Any]:
         with open(os.path.join(opts.output, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
         return summary
-    finally:
-        if background is not None:
-            background.stop()
-        torch.set_num_threads(threads)
-        close_logging()

@@ -1,5 +1,6 @@
-"""Resumable steps for the demo (:mod:`resdet_apps.demo`): skip what is done, time what runs,
-and run one chain of steps in a second process.
+"""Resumable steps for the demo (:mod:`resdet_apps.demo`) and the degradation experiment
+(:mod:`resdet_apps.degradation`): skip what is done, time what runs, run one chain of steps in
+a second process, and set up and tear down a run of steps (:class:`StepRun`).
 
 A step owns a folder. ``demo_settings.json`` in it records the settings the step started
 with; a file the step writes last (``model_final.pth``, ``eval_results.json``) marks it done.
@@ -17,15 +18,23 @@ import os
 import queue
 import shutil
 import time
-from typing import Any, Callable, Dict, Mapping, Tuple, TypeVar
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, TypeVar
 
 from resdet.config.load import ConfigError
 from resdet.data.catalog import datasets_root
 from resdet.data.shapes import generate_shapes, validate_shapes
+from resdet.utils.logging import close_logging, setup_logging
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Background", "StepTimer", "prepare_step", "schedule_and_data_root", "shapes_step"]
+__all__ = [
+    "Background",
+    "StepRun",
+    "StepTimer",
+    "prepare_step",
+    "schedule_and_data_root",
+    "shapes_step",
+]
 
 S = TypeVar("S")
 
@@ -157,3 +166,37 @@ class Background:
         if self.proc.is_alive():
             self.proc.terminate()
         self.proc.join()
+
+
+class StepRun:
+    """A run of steps into ``output``, as a context: on entry the folder exists, its ``log.txt``
+    is open, the :attr:`timer` has the times recorded earlier and torch uses one intra-op
+    thread (the ops of these small networks gain little from a second OpenMP thread, and a
+    spinning OpenMP team on a CPU shared with other work measured 5-10x slower than one). On
+    exit, however the run ends, the :attr:`background` process (if one is still set) is
+    stopped, the thread count restored and the log closed.
+    """
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+        self.background: Optional[Background] = None
+        self._threads = 0
+
+    def __enter__(self) -> StepRun:
+        import torch
+
+        os.makedirs(self.output, exist_ok=True)
+        setup_logging(self.output)
+        self.timer = StepTimer(self.output)
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        import torch
+
+        if self.background is not None:
+            self.background.stop()
+            self.background = None
+        torch.set_num_threads(self._threads)
+        close_logging()

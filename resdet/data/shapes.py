@@ -30,6 +30,7 @@ so any image can be reproduced alone, and crops use a separate stream, so ``crop
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import multiprocessing
@@ -228,6 +229,10 @@ def _write_split(root: str, split: str, results: List[Tuple[int, int, list, Dict
 _OUTPUTS = ("meta.json", "train", "val", "annotations", "VOC", "crops")
 
 
+# generate_shapes arguments that do not change the output (not in meta.json's "args").
+_NOT_RECORDED = ("root", "progress", "workers")
+
+
 def _check_args(args: Dict[str, Any]) -> None:
     if args["num_train"] < 0 or args["num_val"] < 0:
         raise ValueError(f"num_train and num_val must be >= 0, got {args}")
@@ -245,23 +250,27 @@ def _dir_counts(root: str, crops: bool) -> Dict[str, int]:
     return {d: len(os.listdir(os.path.join(root, d))) for d in dirs}
 
 
-def validate_shapes(
-    root: str,
-    num_train: int = 1500,
-    num_val: int = 300,
-    seed: int = 0,
-    min_size: int = 160,
-    max_size: int = 320,
-    crops: bool = True,
-    crop_size: int = 64,
-) -> bool:
-    """True if ``root`` holds a complete generation with exactly these arguments.
+def _generation_args(args: Dict[str, Any]) -> Dict[str, Any]:
+    """``args`` (keyword arguments of :func:`generate_shapes`) completed with its defaults,
+    without the ones that do not change the output: the ``args`` ``meta.json`` records.
+
+    Raises:
+        TypeError: a name :func:`generate_shapes` does not take.
+    """
+    bound = inspect.signature(generate_shapes).bind("", **args)
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if k not in _NOT_RECORDED}
+
+
+def validate_shapes(root: str, **args: Any) -> bool:
+    """True if ``root`` holds a complete generation with exactly these arguments: those of
+    :func:`generate_shapes` (by keyword; its defaults for the others; ``progress`` and
+    ``workers`` do not matter).
 
     Complete means: ``meta.json`` (written last) has the same generator version and arguments,
     every file it lists exists, and every output folder holds the number of files it recorded.
     """
-    args = dict(num_train=num_train, num_val=num_val, seed=seed, min_size=min_size)
-    args.update(max_size=max_size, crops=crops, crop_size=crop_size)
+    args = _generation_args(args)
     try:
         with open(shapes_paths(root)["meta"]) as f:
             meta = json.load(f)
@@ -269,7 +278,7 @@ def validate_shapes(
             return False
         if not all(os.path.isfile(os.path.join(root, p)) for p in meta["files"]):
             return False
-        return _dir_counts(root, crops) == meta["dir_counts"]
+        return _dir_counts(root, args["crops"]) == meta["dir_counts"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
 

@@ -215,6 +215,11 @@ def test_no_crops_and_bad_arguments(tmp_path):
     generate_shapes(root, num_train=2, num_val=1, crops=False, progress=False)
     assert not os.path.exists(shapes_paths(root)["crops_root"])
     assert validate_shapes(root, num_train=2, num_val=1, crops=False)
+    # validate_shapes takes generate_shapes's arguments and defaults, and no other.
+    assert not validate_shapes(root, num_train=2, num_val=1)  # crops=True by default
+    assert validate_shapes(root, num_train=2, num_val=1, crops=False, workers=2, progress=False)
+    with pytest.raises(TypeError, match="num_trian"):
+        validate_shapes(root, num_trian=2)
     with pytest.raises(ValueError, match="min_size"):
         generate_shapes(root, min_size=300, max_size=200, progress=False)
     with pytest.raises(ValueError, match="num_train"):

@@ -6,16 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from tool_loader import load_tool
+from tool_loader import TINY_FPN, load_tool, run_tool
 
 from resdet.data.shapes import generate_shapes
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY_BASE = os.path.join(ROOT, "tests", "configs", "tiny_fpn.yaml")
 
 TINY = """
 _BASE_: {tiny}
@@ -28,23 +23,16 @@ LOG_PERIOD: 1
 """
 
 
-def _run(args, env):
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-
-
 @pytest.mark.slow
 def test_report_after_training_and_from_eval_det(tmp_path) -> None:
     generate_shapes(str(tmp_path / "shapes"), num_train=4, num_val=3, crops=False, progress=False)
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(TINY.format(tiny=TINY_BASE))
-    env = {**os.environ, "RESDET_DATASETS": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    # The tools must import this tree's resdet, whichever copy the venv has installed.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    cfg.write_text(TINY.format(tiny=TINY_FPN))
+    env = {**os.environ, "RESDET_DATASETS": str(tmp_path)}
 
     out = tmp_path / "run"
-    r = _run(["tools/train_det.py", "--config", str(cfg), "OUTPUT_DIR", str(out)], env)
+    args = ["tools/train_det.py", "--config", str(cfg), "OUTPUT_DIR", str(out)]
+    r = run_tool(args, env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     report = out / "report"
     for name in ("report.md", "report.html", "report.json", "confusion_matrix.png"):
@@ -60,7 +48,7 @@ def test_report_after_training_and_from_eval_det(tmp_path) -> None:
     ev = tmp_path / "eval"
     args = ["tools/eval_det.py", "--config", str(cfg), "--weights", str(out / "model_final.pth")]
     args += ["--report-dir", str(tmp_path / "rep"), "--report-score-thresh", "0.05"]
-    r = _run([*args, "OUTPUT_DIR", str(ev), "TEST.REPORT", "False"], env)
+    r = run_tool([*args, "OUTPUT_DIR", str(ev), "TEST.REPORT", "False"], env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     saved = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert saved["score_thresh"] == 0.05

@@ -5,24 +5,19 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from custom_data import make_yolo
-from tool_loader import load_tool
+from tool_loader import TINY_FPN, load_tool, run_tool
 
 from resdet.data.coco import load_coco_json
 from resdet.data.shapes import SHAPES_CLASSES, generate_shapes, shapes_paths
 from resdet.engine.checkpoint import load_checkpoint
 from resdet.predictor import Predictor
 from resdet.utils.logging import close_logging
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY_BASE = os.path.join(ROOT, "tests", "configs", "tiny_fpn.yaml")
 
 # As tests/tools/test_train_det.py's tiny run, with the class count left to the data.
 TINY = """
@@ -59,24 +54,16 @@ def custom(tmp_path_factory):
     classes = root / "classes.txt"
     classes.write_text("\n".join(SHAPES_CLASSES) + "\n")
     cfg = root / "custom.yaml"
-    cfg.write_text(TINY.format(tiny=TINY_BASE, voc=paths["voc_root"],
+    cfg.write_text(TINY.format(tiny=TINY_FPN, voc=paths["voc_root"],
                                classes=classes))  # fmt: skip
     image = str(root / "yolo" / "images" / "train" / os.path.basename(records[0].file_name))
     return {"cfg": str(cfg), "train": f"yolo data={data_yaml} split=train", "image": image}
 
 
-def _run(args):
-    # PYTHONPATH: the tools import this checkout's resdet, not another installed copy.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-
-
 def test_train_and_evaluate_with_the_class_count_from_the_data(custom, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    r = _run(["tools/train_det.py", "--config", custom["cfg"], "DATASETS.TRAIN", custom["train"],
-              "OUTPUT_DIR", str(out)])  # fmt: skip
+    args = ["tools/train_det.py", "--config", custom["cfg"], "DATASETS.TRAIN", custom["train"]]
+    r = run_tool([*args, "OUTPUT_DIR", str(out)])
     assert r.returncode == 0, r.stderr[-3000:]
     assert (
         "MODEL.ROI_HEADS.NUM_CLASSES 0: 7 classes from DATASETS.TRAIN"

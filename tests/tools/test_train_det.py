@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 
 import pytest
+from tool_loader import REPO, TINY_FPN, run_tool
 
 from resdet.accel import channels_last_pays_for_training, winograd_pays
 from resdet.data.shapes import generate_shapes
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY_BASE = os.path.join(ROOT, "tests", "configs", "tiny_fpn.yaml")
 
 TINY = """
 _BASE_: {tiny}
@@ -30,21 +27,15 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     generate_shapes(str(root / "shapes"), num_train=6, num_val=3, crops=False, progress=False)
     cfg = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    cfg.write_text(TINY.format(tiny=TINY_BASE))
-    env = {**os.environ, "RESDET_DATASETS": str(root), "OMP_NUM_THREADS": "1"}
+    cfg.write_text(TINY.format(tiny=TINY_FPN))
+    env = {**os.environ, "RESDET_DATASETS": str(root)}
     return str(cfg), env
-
-
-def _run(args, env):
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
 
 
 def test_train_then_eval(tiny, tmp_path) -> None:
     cfg, env = tiny
     out = tmp_path / "run"
-    r = _run(["tools/train_det.py", "--config", cfg, "OUTPUT_DIR", str(out)], env)
+    r = run_tool(["tools/train_det.py", "--config", cfg, "OUTPUT_DIR", str(out)], env)
     assert r.returncode == 0, r.stderr[-3000:]
     expected = [
         "config.yaml",
@@ -67,7 +58,7 @@ def test_train_then_eval(tiny, tmp_path) -> None:
 
     ev = tmp_path / "eval"
     weights = str(out / "model_final.pth")
-    r = _run(
+    r = run_tool(
         ["tools/eval_det.py", "--config", cfg, "--weights", weights, "OUTPUT_DIR", str(ev)], env
     )
     assert r.returncode == 0, r.stderr[-3000:]
@@ -79,8 +70,8 @@ def test_train_then_eval(tiny, tmp_path) -> None:
 
     # Both ran the folded + fused inference copy (TEST.FAST_INFERENCE); the plain model agrees.
     plain = tmp_path / "plain"
-    r = _run(["tools/eval_det.py", "--config", cfg, "--weights", weights,
-              "OUTPUT_DIR", str(plain), "TEST.FAST_INFERENCE", "False"], env)  # fmt: skip
+    r = run_tool(["tools/eval_det.py", "--config", cfg, "--weights", weights,
+                  "OUTPUT_DIR", str(plain), "TEST.FAST_INFERENCE", "False"], env)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     slow = json.loads((plain / "eval_results.json").read_text())
     for key in ("coco/AP", "coco/AP50", "voc/mAP07"):
@@ -97,7 +88,7 @@ def test_training_fast_paths_match_the_plain_model(tiny, tmp_path) -> None:
         args = ["tools/train_det.py", "--config", cfg, "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER",
                 "2", "DATASETS.TEST", "[]", "SOLVER.FOLD_FROZEN_BN", fast,
                 "SOLVER.WINOGRAD", fast, "SOLVER.CPU_CHANNELS_LAST", fast]  # fmt: skip
-        r = _run(args, env)
+        r = run_tool(args, env)
         assert r.returncode == 0, r.stderr[-3000:]
         log = (out / "log.txt").read_text()
         assert ("frozen BN applied to the weights of" in log) == (fast == "True")
@@ -117,7 +108,7 @@ def test_training_fast_paths_match_the_plain_model(tiny, tmp_path) -> None:
 def test_mistyped_key_and_missing_dataset_are_clear_errors(tiny, tmp_path, monkeypatch, capsys):
     cfg, env = tiny
     monkeypatch.setenv("RESDET_DATASETS", env["RESDET_DATASETS"])
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    sys.path.insert(0, os.path.join(REPO, "tools"))
     try:
         import train_det
     finally:

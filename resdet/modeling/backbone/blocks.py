@@ -8,7 +8,7 @@ Each block also says how it fuses for inference (:meth:`_Block.fuse`), which
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -54,7 +54,9 @@ def _shortcut(
 
 class _Block(nn.Module):
     """What the basic and bottleneck blocks share: convolutions ``conv1..convK`` each followed
-    by ``bn1..bnK``, the shortcut join, and fusing for inference.
+    by ``bn1..bnK`` (built from the block's ``kernel_sizes``), the shortcut (``downsample``,
+    None for identity; ``shortcut=None`` makes the plain block), the shortcut join, and fusing
+    for inference.
 
     :meth:`fuse` (on a block whose norms :func:`~resdet.layers.fold.fold_frozen_bn` folded
     into the convolutions) turns every convolution into a
@@ -62,8 +64,36 @@ class _Block(nn.Module):
     the residual add; ``forward`` then calls them instead of conv, norm, add and ReLU.
     """
 
-    num_convs = 2
+    expansion: int  # output channels / width
+    kernel_sizes: Tuple[int, ...]  # of conv1..convK
     fused = False  # set by fuse(): forward runs the fused convolutions
+
+    def __init__(
+        self,
+        in_ch: int,
+        width: int,
+        *,
+        stride: int = 1,
+        norm: str = "BN",
+        shortcut: Optional[str] = "B",
+        stride_in_1x1: bool = False,
+    ) -> None:
+        super().__init__()
+        out_ch = width * self.expansion
+        channels = [in_ch] + [width] * (self.num_convs - 1) + [out_ch]
+        # The stride sits in the first 3x3, or with stride_in_1x1 in the first convolution.
+        strided = 0 if stride_in_1x1 else self.kernel_sizes.index(3)
+        for i, size in enumerate(self.kernel_sizes):
+            s = stride if i == strided else 1
+            conv = nn.Conv2d(channels[i], channels[i + 1], size, s, padding=size // 2, bias=False)
+            setattr(self, f"conv{i + 1}", conv)
+            setattr(self, f"bn{i + 1}", get_norm(norm, channels[i + 1]))
+        self.residual = shortcut is not None
+        self.downsample = _shortcut(shortcut, in_ch, out_ch, stride, norm)
+
+    @property
+    def num_convs(self) -> int:
+        return len(self.kernel_sizes)
 
     def norms(self) -> List[nn.Module]:
         return [getattr(self, f"bn{k}") for k in range(1, self.num_convs + 1)]
@@ -119,25 +149,7 @@ class BasicBlock(_Block):
     """Two 3x3 convs (Fig. 2 left). ``shortcut=None`` makes the plain block."""
 
     expansion = 1
-
-    def __init__(
-        self,
-        in_ch: int,
-        width: int,
-        *,
-        stride: int = 1,
-        norm: str = "BN",
-        shortcut: Optional[str] = "B",
-        stride_in_1x1: bool = False,
-    ) -> None:
-        super().__init__()
-        out_ch = width * self.expansion
-        self.conv1 = nn.Conv2d(in_ch, width, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = get_norm(norm, width)
-        self.conv2 = nn.Conv2d(width, out_ch, 3, padding=1, bias=False)
-        self.bn2 = get_norm(norm, out_ch)
-        self.residual = shortcut is not None
-        self.downsample = _shortcut(shortcut, in_ch, out_ch, stride, norm)
+    kernel_sizes = (3, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._shortcut_join(self._conv_norm_relu(1, x), x)
@@ -151,29 +163,7 @@ class Bottleneck(_Block):
     """
 
     expansion = 4
-    num_convs = 3
-
-    def __init__(
-        self,
-        in_ch: int,
-        width: int,
-        *,
-        stride: int = 1,
-        norm: str = "BN",
-        shortcut: Optional[str] = "B",
-        stride_in_1x1: bool = False,
-    ) -> None:
-        super().__init__()
-        out_ch = width * self.expansion
-        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = nn.Conv2d(in_ch, width, 1, stride=s1, bias=False)
-        self.bn1 = get_norm(norm, width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=s3, padding=1, bias=False)
-        self.bn2 = get_norm(norm, width)
-        self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
-        self.bn3 = get_norm(norm, out_ch)
-        self.residual = shortcut is not None
-        self.downsample = _shortcut(shortcut, in_ch, out_ch, stride, norm)
+    kernel_sizes = (1, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._conv_norm_relu(2, self._conv_norm_relu(1, x))

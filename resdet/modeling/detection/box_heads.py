@@ -1,4 +1,4 @@
-"""Box heads: features for each region.
+"""Box heads: features for each region (:class:`BoxHead`: RoI pooling, then per-region layers).
 
 - ``C4BoxHead``: the paper's design (Appendix A). RoI pooling to 14x14 on res4 (stride 16),
   then conv5_x (the backbone's own ``res5`` stage, which halves it to 7x7) and global
@@ -22,7 +22,38 @@ from torchvision.ops import roi_pool
 from resdet.layers.roi_align import MultiScaleRoIAlign, box_dtype, roi_align
 
 
-class C4BoxHead(nn.Module):
+class BoxHead(nn.Module):
+    """The box-head contract: ``forward(features, proposals, image_sizes) -> [R, out_channels]``
+    features of every proposal of the batch (``R`` = all images' proposals, in order), which the
+    shared :class:`~resdet.modeling.detection.roi_heads.BoxPredictor` classifies.
+
+    A head is RoI pooling (:meth:`pool`: ``features`` and per-image ``[R_i, 4]`` xyxy boxes in
+    the padded input frame -> ``[R, C, r, r]``) followed by per-region layers (:meth:`head`:
+    ``[R, C, r, r] -> [R, out_channels]``). The boxes are cast here, once for every head, to
+    the :func:`box_dtype` of the maps (all of one dtype): RoI coordinates stay fp32 next to
+    bf16 maps. ``image_sizes`` (the unpadded ``(h, w)`` of each image) completes the contract;
+    neither head needs it.
+    """
+
+    out_channels: int
+
+    def forward(
+        self,
+        features: Dict[str, torch.Tensor],
+        proposals: List[torch.Tensor],
+        image_sizes: List[Tuple[int, int]],
+    ) -> torch.Tensor:
+        dtype = box_dtype(next(iter(features.values())).dtype)
+        return self.head(self.pool(features, [p.to(dtype) for p in proposals]))
+
+    def pool(self, features: Dict[str, torch.Tensor], boxes: List[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class C4BoxHead(BoxHead):
     """RoIAlign/RoIPool on one feature map, then ``res5`` and average pooling -> ``[R, C5]``.
 
     Args:
@@ -57,14 +88,8 @@ class C4BoxHead(nn.Module):
         self.__dict__["res5"] = res5
         self.out_channels = out_channels
 
-    def forward(
-        self,
-        features: Dict[str, torch.Tensor],
-        proposals: List[torch.Tensor],
-        image_sizes: List[Tuple[int, int]],
-    ) -> torch.Tensor:
+    def pool(self, features: Dict[str, torch.Tensor], boxes: List[torch.Tensor]) -> torch.Tensor:
         x = features[self.in_feature]
-        boxes = [p.to(box_dtype(x.dtype)) for p in proposals]
         if self.pooler_type == "ROIAlign":
             pooled = roi_align(
                 x, boxes, self.resolution, self.scale, self.sampling_ratio, self.aligned
@@ -73,11 +98,14 @@ class C4BoxHead(nn.Module):
             pooled = roi_pool(x, boxes, self.resolution, self.scale)
         if x.is_contiguous(memory_format=torch.channels_last):
             pooled = pooled.contiguous(memory_format=torch.channels_last)
+        return pooled
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
         # All RoIs of the batch go through res5 in one call: one big GEMM-friendly batch.
         return self.res5(pooled).mean(dim=(2, 3))
 
 
-class FPNBoxHead(nn.Module):
+class FPNBoxHead(BoxHead):
     """Multi-level RoIAlign (level chosen by box size) -> flatten -> fc -> fc -> ``[R, fc_dim]``."""
 
     def __init__(
@@ -103,17 +131,13 @@ class FPNBoxHead(nn.Module):
             nn.init.kaiming_uniform_(fc.weight, a=1)
             nn.init.zeros_(fc.bias)
 
-    def forward(
-        self,
-        features: Dict[str, torch.Tensor],
-        proposals: List[torch.Tensor],
-        image_sizes: List[Tuple[int, int]],
-    ) -> torch.Tensor:
+    def pool(self, features: Dict[str, torch.Tensor], boxes: List[torch.Tensor]) -> torch.Tensor:
         feats = {k: features[k] for k in self.pooler.featmap_names}
         first = feats[self.pooler.featmap_names[0]]
         # MultiScaleRoIAlign infers each level's scale from the padded input size.
         input_size = (first.shape[-2] * self.first_stride, first.shape[-1] * self.first_stride)
-        boxes = [p.to(box_dtype(first.dtype)) for p in proposals]
-        x = self.pooler(feats, boxes, [input_size] * len(proposals))
-        x = F.relu(self.fc1(x.flatten(1)))
+        return self.pooler(feats, boxes, [input_size] * len(boxes))
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.fc1(pooled.flatten(1)))
         return F.relu(self.fc2(x))
