@@ -167,6 +167,10 @@ def test_measured_times_are_cached_per_machine_threads_and_model(tiny, monkeypat
     assert len(calls) == 4
     assert measure.measured_times(model, 4096, train=True, remeasure=True) != first
     assert len(calls) == 5
+    # Times of an older version of the paths' kernels are not taken for the current ones.
+    monkeypatch.setattr(measure, "PATHS_VERSION", measure.PATHS_VERSION + 1)
+    measure.measured_times(model, 4096, train=True)
+    assert len(calls) == 6
 
 
 def test_an_unwritable_cache_only_warns(tiny, monkeypatch, tmp_path, caplog):

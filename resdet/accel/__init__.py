@@ -266,8 +266,8 @@ def prepare_for_training(model: nn.Module, cfg: Config, device: torch.device) ->
         logger.info("frozen BN applied to the weights of %d convolutions (SOLVER.FOLD_FROZEN_BN)",
                     done["fold"])  # fmt: skip
     if path == "winograd":
-        logger.info("%d convolutions train as Winograd convolutions (SOLVER.WINOGRAD)",
-                    done["winograd"])  # fmt: skip
+        logger.info("%d 3x3 convolutions train as Winograd convolutions, %d 1x1 ones as GEMMs "
+                    "(SOLVER.WINOGRAD)", done["winograd"], done["gemm"])  # fmt: skip
     elif path == "channels_last":
         logger.info("the detector trains channels_last (SOLVER.CPU_CHANNELS_LAST)")
     return model

@@ -66,6 +66,10 @@ PROBE_MAX_SIZE = 1024
 # Timed passes stop after the round that reaches this many seconds (one round at least).
 BUDGET_SECONDS = 6.0
 CACHE_FILE = "fastpaths.json"
+# Part of every cache key: raised when what a candidate path computes changes (version 2: the
+# Winograd inference copy runs NNPACK in the FPN and RPN head only), so that times measured of
+# the old kernels are not taken for the new ones.
+PATHS_VERSION = 2
 
 
 def native_bf16() -> bool:
@@ -100,7 +104,7 @@ def machine_key() -> str:
 def _model_key(model: nn.Module, settings: str, size: int, train: bool) -> str:
     shapes = ";".join(f"{n}:{tuple(p.shape)}" for n, p in model.state_dict().items())
     digest = hashlib.sha1((shapes + settings).encode()).hexdigest()[:12]
-    return f"{'train' if train else 'infer'} | model {digest} | {size}px"
+    return f"{'train' if train else 'infer'} | model {digest} | {size}px | paths v{PATHS_VERSION}"
 
 
 def _read_cache(path: str) -> Dict[str, Dict[str, float]]:

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from resdet.layers.fold import fold_frozen_bn, fold_frozen_bn_training_
 from resdet.layers.fuse import FusedConv2d
+from resdet.layers.gemm import gemm_training_
 from resdet.layers.replace import replace_children
 from resdet.layers.winograd import winograd_training_
 
@@ -42,16 +43,19 @@ def training_paths_(
     :func:`prepare_for_training`); same parameters, state-dict keys and optimizer.
 
     ``fold``: frozen BN applied to the weights on the fly
-    (:func:`~resdet.layers.fold.fold_frozen_bn_training_`); ``winograd``: 3x3 stride-1
-    convolutions as Winograd convolutions (:func:`~resdet.layers.winograd.winograd_training_`);
-    ``channels_last``: NHWC (:func:`to_channels_last`). Returns how many convolutions each
-    switch changed (``{"fold": n, "winograd": n}``).
+    (:func:`~resdet.layers.fold.fold_frozen_bn_training_`); ``winograd``: the NCHW kernels
+    outside oneDNN, 3x3 stride-1 convolutions as Winograd convolutions
+    (:func:`~resdet.layers.winograd.winograd_training_`) and 1x1 stride-1 ones as GEMMs
+    (:func:`~resdet.layers.gemm.gemm_training_`); ``channels_last``: NHWC
+    (:func:`to_channels_last`). Returns how many convolutions each switch changed
+    (``{"fold": n, "winograd": n, "gemm": n}``).
     """
-    done = {"fold": 0, "winograd": 0}
+    done = {"fold": 0, "winograd": 0, "gemm": 0}
     if fold:
         done["fold"] = fold_frozen_bn_training_(model)
     if winograd:
         done["winograd"] = len(winograd_training_(model))
+        done["gemm"] = len(gemm_training_(model))
     if channels_last:
         to_channels_last(model)  # in place: the optimizer's tensors stay
     return done

@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from resdet.layers.gemm import gemm_applies, gemm_backward, gemm_forward, undo_gemm_training_
 from resdet.layers.replace import conv_sharing, replace_children, share_buffers
 from resdet.layers.winograd import (
     undo_winograd_training_,
@@ -156,7 +157,8 @@ class FoldedAwayFrozenBN(FrozenBatchNorm2d):
 class _ScaledWeightConv2d(torch.autograd.Function):
     """``conv2d(x, W * s[:, None, None, None], b)`` that keeps ``W`` and ``s`` for the backward
     pass instead of the scaled copy of ``W`` (autograd would hold one per convolution until
-    the backward: ~94 MB for an R50's trainable stages) and recomputes it there."""
+    the backward: ~94 MB for an R50's trainable stages) and recomputes it there. ``kernel``:
+    ``"conv"`` (``F.conv2d``), ``"winograd"`` (NNPACK, 3x3) or ``"gemm"`` (BLAS, 1x1)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -166,14 +168,16 @@ class _ScaledWeightConv2d(torch.autograd.Function):
         scale: torch.Tensor,
         bias: Optional[torch.Tensor],
         conv: nn.Conv2d,
-        winograd: bool,
+        kernel: str,
     ) -> torch.Tensor:
         ctx.save_for_backward(x, weight, scale)
         ctx.geometry = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
-        ctx.winograd, ctx.has_bias = winograd, bias is not None
+        ctx.kernel, ctx.has_bias = kernel, bias is not None
         w = weight * scale.view(-1, 1, 1, 1)
-        if winograd:
+        if kernel == "winograd":
             return winograd_forward(x, w, bias)
+        if kernel == "gemm":
+            return gemm_forward(x, w, bias)
         return F.conv2d(x, w, bias, *ctx.geometry)
 
     @staticmethod
@@ -183,8 +187,10 @@ class _ScaledWeightConv2d(torch.autograd.Function):
         x, weight, scale = ctx.saved_tensors
         need_x, need_w, need_s, need_b = ctx.needs_input_grad[:4]
         w = weight * scale.view(-1, 1, 1, 1)
-        if ctx.winograd:
+        if ctx.kernel == "winograd":
             grad_x, grad_w = winograd_backward(x, w, grad, need_x, need_w or need_s)
+        elif ctx.kernel == "gemm":
+            grad_x, grad_w = gemm_backward(x, w, grad, need_x, need_w or need_s)
         else:
             stride, padding, dilation, groups = ctx.geometry
             grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
@@ -205,11 +211,13 @@ class ConvFrozenBN(nn.Conv2d):
 
     Made by :meth:`from_pair` around the convolution's own parameters; the norm (now a
     :class:`FoldedAwayFrozenBN` in the model, holding its buffers and keys) is read, not
-    registered. ``winograd`` (set by :func:`resdet.layers.winograd.winograd_training_`) runs
-    the convolution through the Winograd kernels where they apply.
+    registered. ``winograd`` (set by :func:`resdet.layers.winograd.winograd_training_`) and
+    ``gemm`` (:func:`resdet.layers.gemm.gemm_training_`) run the convolution through the
+    Winograd kernels or the GEMMs where they apply.
     """
 
     winograd = False
+    gemm = False
 
     @classmethod
     def from_pair(cls, conv: nn.Conv2d, norm: FoldedAwayFrozenBN) -> ConvFrozenBN:
@@ -224,12 +232,17 @@ class ConvFrozenBN(nn.Conv2d):
         bias = shift if self.bias is None else self.bias * scale + shift
         if torch.is_autocast_enabled(x.device.type) or isinstance(self.padding, str):
             return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), bias)
-        winograd = self.winograd and winograd_applies(x, self.weight)
-        return _ScaledWeightConv2d.apply(x, self.weight, scale, bias, self, winograd)
+        kernel = "conv"
+        if self.winograd and winograd_applies(x, self.weight):
+            kernel = "winograd"
+        elif self.gemm and gemm_applies(x, self.weight):
+            kernel = "gemm"
+        return _ScaledWeightConv2d.apply(x, self.weight, scale, bias, self, kernel)
 
 
 def _undo_training_fold_(model: nn.Module) -> None:
     undo_winograd_training_(model)  # a copy for inference starts from plain convolutions
+    undo_gemm_training_(model)
 
     def swap(name: str, m: nn.Module) -> Optional[nn.Module]:
         if type(m) is ConvFrozenBN:

@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from resdet.layers.gemm import gemm_forward
 from resdet.layers.winograd import winograd_available, winograd_conv2d, winograd_shape
 
 __all__ = [
@@ -205,16 +206,7 @@ class Conv1x1NCHW(nn.Module):
         ):
             y = F.conv2d(x, self.weight, self.bias)
             return y if residual is None else y + residual
-        n, c, h, w = x.shape
-        weight = self.weight.view(-1, c)
-        out = x.new_empty((n, weight.shape[0], h, w))
-        for i in range(n):
-            image = x[i]  # [C, H, W]: NCHW gives [C, H*W]; NHWC the transpose of [H*W, C]
-            if image.is_contiguous():
-                m = image.reshape(c, h * w)
-            else:
-                m = image.permute(1, 2, 0).reshape(h * w, c).t()
-            torch.addmm(self.bias[:, None], weight, m, out=out[i].view(-1, h * w))
+        out = gemm_forward(x, self.weight, self.bias)  # NCHW, any input layout
         return out if residual is None else out.add_(residual)
 
     def extra_repr(self) -> str:

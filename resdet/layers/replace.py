@@ -13,7 +13,13 @@ from typing import Callable, Dict, List, Optional, Type, TypeVar
 
 import torch.nn as nn
 
-__all__ = ["conv_sharing", "replace_children", "share_buffers"]
+__all__ = [
+    "conv_sharing",
+    "replace_children",
+    "share_buffers",
+    "switch_convs_",
+    "unswitch_convs_",
+]
 
 ConvT = TypeVar("ConvT", bound=nn.Conv2d)
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
@@ -73,3 +79,37 @@ def replace_children(
                 setattr(parent, name, new)
                 names.append(full)
     return names
+
+
+def switch_convs_(
+    model: nn.Module, flag: str, applies: Callable[[nn.Conv2d], bool], cls: Type[nn.Conv2d]
+) -> List[str]:
+    """Switch the convolutions of ``model`` that ``applies`` to another kernel, in place;
+    returns their names in module order. A convolution with an attribute ``flag`` of its own
+    that is ``False`` (the on-the-fly folded convolution) gets it set; a plain ``nn.Conv2d``
+    is replaced by ``cls`` (an ``nn.Conv2d`` subclass) around the same parameters."""
+    flagged = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and getattr(m, flag, None) is False and applies(m):
+            setattr(m, flag, True)
+            flagged.append(name)
+
+    def swap(name: str, m: nn.Module) -> Optional[nn.Module]:
+        return conv_sharing(cls, m) if type(m) is nn.Conv2d and applies(m) else None
+
+    switched = set(flagged + replace_children(model, swap))
+    return [n for n, _ in model.named_modules() if n in switched]
+
+
+def unswitch_convs_(model: nn.Module, flag: str, cls: Type[nn.Conv2d]) -> int:
+    """Undo :func:`switch_convs_`; returns the number of convolutions restored."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and not isinstance(m, cls) and getattr(m, flag, False):
+            setattr(m, flag, False)  # a convolution with a flag of its own (see above)
+            n += 1
+
+    def swap(name: str, m: nn.Module) -> Optional[nn.Module]:
+        return conv_sharing(nn.Conv2d, m) if type(m) is cls else None
+
+    return n + len(replace_children(model, swap))

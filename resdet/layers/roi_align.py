@@ -306,12 +306,11 @@ class MultiScaleRoIAlign(_TorchvisionMultiScaleRoIAlign):
     ) -> torch.Tensor:
         features = [x[name] for name in self.featmap_names]
         grad = torch.is_grad_enabled() and features[0].requires_grad
-        if not grad and all(_pools_nhwc(f, any_layout=True) for f in features):
-            # An NCHW CPU map (the Winograd inference path's) is pooled NHWC too: one copy plus
-            # the sparse product is faster than torchvision's kernel (P2 of R50-FPN at
-            # 800x1333, 1000 proposals, AVX2: ~0.1 s against ~0.4 s).
-            features = [f.contiguous(memory_format=torch.channels_last) for f in features]
-        elif not grad and not self.aligned:
+        # An NCHW CPU map (the Winograd inference path's) is pooled NHWC too: one copy plus the
+        # sparse product is faster than torchvision's kernel (P2 of R50-FPN at 800x1333, 1000
+        # proposals, AVX2: 0.06 + 0.09 s against ~0.4 s); level by level, one copy alive.
+        nhwc = not grad and all(_pools_nhwc(f, any_layout=True) for f in features)
+        if not grad and not nhwc and not self.aligned:
             return super().forward(x, boxes, image_shapes)
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(
@@ -325,6 +324,8 @@ class MultiScaleRoIAlign(_TorchvisionMultiScaleRoIAlign):
         out = first.new_zeros((rois.shape[0], first.shape[1], *self.output_size))
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             index = torch.where(levels == level)[0]
+            if nhwc:
+                feature = feature.contiguous(memory_format=torch.channels_last)
             pooled = roi_align(
                 feature, rois[index], self.output_size, scale, self.sampling_ratio, self.aligned
             )

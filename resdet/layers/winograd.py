@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from resdet.layers.replace import conv_sharing, replace_children
+from resdet.layers.replace import switch_convs_, unswitch_convs_
 
 __all__ = [
     "WinogradConv2d",
@@ -65,7 +65,7 @@ WINOGRAD_MIN_SIZE = 12
 # NNPACK keeps a workspace as large as the Winograd transforms of its largest call (~3.6x the
 # input and output): images larger than this are convolved in bands of rows, which bounds it
 # (R50-FPN at 800x1333: the 256-channel stride-4 maps, 69 MB, go in 3 bands).
-WINOGRAD_BAND_BYTES = 32 << 20
+WINOGRAD_BAND_BYTES = 8 << 20
 
 
 def winograd_available() -> bool:
@@ -276,36 +276,11 @@ def winograd_training_(model: nn.Module) -> List[str]:
     ``F.conv2d`` as before, so the switch is safe on any device. Apply after
     :func:`~resdet.layers.fold.fold_frozen_bn_training_`.
     """
-    flagged = []
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d) and getattr(m, "winograd", None) is False and winograd_shape(m):
-            m.winograd = True
-            flagged.append(name)
-
-    def swap(name: str, m: nn.Module) -> Optional[nn.Module]:
-        if type(m) is nn.Conv2d and winograd_shape(m):
-            return conv_sharing(WinogradConv2d, m)
-        return None
-
-    switched = set(flagged + replace_children(model, swap))
-    names = [n for n, _ in model.named_modules() if n in switched]  # in module order
+    names = switch_convs_(model, "winograd", winograd_shape, WinogradConv2d)
     logger.debug("Winograd convolutions: %s", names)
     return names
 
 
 def undo_winograd_training_(model: nn.Module) -> int:
     """Undo :func:`winograd_training_`; returns the number of convolutions restored."""
-    n = 0
-    for m in model.modules():
-        if (
-            isinstance(m, nn.Conv2d)
-            and not isinstance(m, WinogradConv2d)
-            and getattr(m, "winograd", False)
-        ):
-            m.winograd = False  # a convolution with a flag of its own (see above)
-            n += 1
-
-    def swap(name: str, m: nn.Module) -> Optional[nn.Module]:
-        return conv_sharing(nn.Conv2d, m) if type(m) is WinogradConv2d else None
-
-    return n + len(replace_children(model, swap))
+    return unswitch_convs_(model, "winograd", WinogradConv2d)

@@ -92,7 +92,7 @@ def test_training_fast_paths_match_the_plain_model(tiny, tmp_path) -> None:
         assert r.returncode == 0, r.stderr[-3000:]
         log = (out / "log.txt").read_text()
         assert ("frozen BN applied to the weights of" in log) == (fast == "True")
-        winograd = re.search(r"(\d+) convolutions train as Winograd convolutions", log)
+        winograd = re.search(r"(\d+) 3x3 convolutions train as Winograd convolutions", log)
         nhwc = "the detector trains channels_last" in log
         assert (winograd is not None and int(winograd.group(1)) > 0) == (
             fast == "True" and winograd_pays()

@@ -1,0 +1,186 @@
+"""1x1 convolutions of NCHW maps as GEMMs, for CPU training and the NCHW inference path.
+
+A 1x1 stride-1 convolution of an NCHW map is one matrix product per image,
+``weight[O, C] @ x[C, H*W]``, and its gradients are two more (``weight.T @ grad`` and
+``grad @ x.T``). PyTorch's CPU convolution (oneDNN) computes an NCHW convolution in its own
+blocked layout, reordering the input and the output on every call: in an R50-FPN training step
+on an AVX2 CPU (NCHW, the Winograd path) its 1x1 convolutions ran at a third of the GEMM rate.
+As BLAS calls on the data as it lies, forward + backward run 1.8-2.0x faster on maps of 50x84
+pixels and more (measured, ``BENCHMARKS.md``); on smaller maps oneDNN's call is as fast or
+faster, so maps under :data:`GEMM_MIN_PIXELS` keep ``F.conv2d``.
+
+The forward also reads a channels_last input without a copy (its ``[H*W, C]`` rows are the
+transposed matrix BLAS takes) and always writes NCHW: :class:`resdet.layers.fuse.Conv1x1NCHW`
+uses it where the inference copy turns from oneDNN's NHWC maps to NNPACK's NCHW ones.
+
+:func:`gemm_training_` switches a model's 1x1 convolutions to this path in place (same
+parameters, state-dict keys and optimizer), beside :func:`~resdet.layers.winograd.
+winograd_training_`; which path runs is :mod:`resdet.accel`'s decision.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from resdet.layers.replace import switch_convs_, unswitch_convs_
+
+__all__ = [
+    "GEMM_MIN_PIXELS",
+    "GemmConv2d",
+    "GemmConv2dFunction",
+    "gemm_applies",
+    "gemm_backward",
+    "gemm_conv2d",
+    "gemm_forward",
+    "gemm_shape",
+    "gemm_training_",
+    "undo_gemm_training_",
+]
+
+logger = logging.getLogger(__name__)
+
+# Below this many pixels a map's 1x1 convolution is as fast or faster in oneDNN (measured on
+# an AVX2 CPU, forward + backward, batch 2: 25x42 px 53 vs 63 ms; 50x84 px 290 vs 155 ms).
+GEMM_MIN_PIXELS = 2048
+
+
+def gemm_shape(conv: nn.Conv2d) -> bool:
+    """Whether ``conv`` is a convolution this path computes: 1x1, stride 1, no padding or
+    groups."""
+    return (
+        tuple(conv.kernel_size) == (1, 1)
+        and tuple(conv.stride) == (1, 1)
+        and conv.padding in ((0, 0), [0, 0])
+        and conv.groups == 1
+    )
+
+
+def gemm_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether this call goes through the GEMMs: fp32 CPU tensors outside autocast, a map of
+    at least :data:`GEMM_MIN_PIXELS` pixels."""
+    return (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and x.dtype == torch.float32 == weight.dtype
+        and x.shape[-2] * x.shape[-1] >= GEMM_MIN_PIXELS
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def _rows(image: torch.Tensor) -> torch.Tensor:
+    """``[C, H*W]`` of one ``[C, H, W]`` image: a view of an NCHW image, the transposed view
+    of a channels_last one's ``[H*W, C]`` rows (BLAS reads either without a copy)."""
+    c, h, w = image.shape
+    if image.is_contiguous():
+        return image.view(c, h * w)
+    return image.permute(1, 2, 0).reshape(h * w, c).t()
+
+
+def gemm_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``conv2d(x, weight, bias)`` for a 1x1 kernel, one GEMM per image; the output is
+    NCHW-contiguous whatever ``x``'s layout (no autograd: :func:`gemm_conv2d` is the
+    differentiable one)."""
+    n, c, h, w = x.shape
+    matrix = weight.reshape(weight.shape[0], c)
+    out = x.new_empty((n, matrix.shape[0], h, w))
+    for i in range(n):
+        rows = out[i].view(-1, h * w)
+        if bias is None:
+            torch.mm(matrix, _rows(x[i]), out=rows)
+        else:
+            torch.addmm(bias[:, None], matrix, _rows(x[i]), out=rows)
+    return out
+
+
+def gemm_backward(
+    x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, need_x: bool, need_w: bool
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Input and weight gradients of ``conv2d(x, weight)`` (1x1, stride 1) given the output's
+    gradient ``grad``; ``None`` for what is not needed."""
+    n, c, h, w = x.shape
+    matrix = weight.reshape(weight.shape[0], c)
+    grad = grad.contiguous()
+    grad_x = x.new_empty((n, c, h, w)) if need_x else None
+    grad_w = weight.new_zeros(matrix.shape) if need_w else None
+    for i in range(n):
+        g = grad[i].view(-1, h * w)
+        if grad_x is not None:
+            torch.mm(matrix.t(), g, out=grad_x[i].view(c, h * w))
+        if grad_w is not None:
+            grad_w.addmm_(g, _rows(x[i]).t())
+    return grad_x, None if grad_w is None else grad_w.view_as(weight)
+
+
+class GemmConv2dFunction(torch.autograd.Function):
+    """``conv2d(x, weight, bias)`` for a 1x1 stride-1 kernel, forward and both gradients as
+    GEMMs on the NCHW data."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return gemm_forward(x, weight, bias)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> Tuple[Optional[torch.Tensor], ...]:
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad_x, grad_w = gemm_backward(x, weight, grad, need_x, need_w)
+        grad_b = grad.sum((0, 2, 3)) if need_b and ctx.has_bias else None
+        return grad_x, grad_w, grad_b
+
+
+def gemm_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """A 1x1 stride-1 convolution, GEMMs where :func:`gemm_applies`, else ``F.conv2d``.
+    Differentiable either way."""
+    if not gemm_applies(x, weight):
+        return F.conv2d(x, weight, bias)
+    if torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    ):
+        return GemmConv2dFunction.apply(x, weight, bias)
+    return gemm_forward(x, weight, bias)
+
+
+class GemmConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` of :func:`gemm_shape` computed by :func:`gemm_conv2d`."""
+
+    gemm = True
+
+    def _conv_forward(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        return gemm_conv2d(x, weight, bias)
+
+
+def gemm_training_(model: nn.Module) -> List[str]:
+    """Run ``model``'s 1x1 stride-1 convolutions (:func:`gemm_shape`) through
+    :class:`GemmConv2dFunction`, in place; returns their names. As
+    :func:`~resdet.layers.winograd.winograd_training_`: plain convolutions become
+    :class:`GemmConv2d` around the same parameters, a convolution with a ``gemm`` flag of its
+    own (the on-the-fly folded one) gets it set; calls the GEMMs do not take run ``F.conv2d``.
+    """
+    names = switch_convs_(model, "gemm", gemm_shape, GemmConv2d)
+    logger.debug("GEMM 1x1 convolutions: %s", names)
+    return names
+
+
+def undo_gemm_training_(model: nn.Module) -> int:
+    """Undo :func:`gemm_training_`; returns the number of convolutions restored."""
+    return unswitch_convs_(model, "gemm", GemmConv2d)
