@@ -199,3 +199,22 @@ def test_layers_import_nothing_from_modeling_or_engine():
     assert "resdet.layers.fold" in layers
     above = ("resdet.modeling", "resdet.engine", "resdet.accel")
     assert [f"{m} -> {d}" for m, ds in layers.items() for d in ds if d.startswith(above)] == []
+
+
+MAX_LINES = 400
+
+
+def test_no_python_file_of_the_project_is_over_400_lines():
+    # A file a reader takes in at once: over this, split it by what it does (docs/ARCHITECTURE).
+    root = os.path.dirname(PACKAGE_ROOT)
+    long = {}
+    for folder in ("resdet", "resdet_apps", "tools"):
+        for dirpath, _, files in os.walk(os.path.join(root, folder)):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(dirpath, name)
+                    with open(path, encoding="utf-8") as f:
+                        n = sum(1 for _ in f)
+                    if n > MAX_LINES:
+                        long[os.path.relpath(path, root)] = n
+    assert not long, f"over {MAX_LINES} lines: {long}"

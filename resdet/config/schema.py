@@ -198,11 +198,12 @@ class SolverConfig:
     # outputs and gradients, two fewer passes over every frozen-BN activation.
     FOLD_FROZEN_BN: bool = True
     # CPU detection training, where measured fastest (ACCEL.DECIDE; for R50-FPN: AVX2-only
-    # CPUs): 3x3 stride-1 convolutions (32+ channels) compute forward, input and weight
-    # gradients as Winograd convolutions (resdet.layers.winograd): same parameters and keys,
-    # gradients within ~1e-5 relative; R50-FPN steps 1.5x faster there (BENCHMARKS.md).
-    # Other devices, autocast and small maps run the ordinary convolution either way.
-    # False: never.
+    # CPUs): the NCHW kernels outside oneDNN. 3x3 stride-1 convolutions (32+ channels)
+    # compute forward, input and weight gradients as Winograd convolutions
+    # (resdet.layers.winograd), 1x1 stride-1 ones on maps of 2048+ pixels as GEMMs
+    # (resdet.layers.gemm): same parameters and keys, gradients within ~1e-5 relative;
+    # R50-FPN steps ~1.4-1.5x torchvision's speed there (BENCHMARKS.md). Other devices,
+    # autocast and small maps run the ordinary convolution either way. False: never.
     WINOGRAD: bool = True
     # CPU detection training, where measured fastest (for R50-FPN: AVX-512 CPUs): the model
     # trains channels_last (oneDNN's NHWC kernels; R50-FPN step 1.42x torchvision against
@@ -225,10 +226,11 @@ class TestConfig:
     # convolutions and, on CPU, conv + bias + ReLU (+ residual) fused in one oneDNN call
     # (resdet.accel.inference_model). Same detections within float rounding.
     FAST_INFERENCE: bool = True
-    # With FAST_INFERENCE on CPU: 3x3 stride-1 convolutions as NNPACK Winograd convolutions
-    # (resdet.layers.fuse; outputs within ~1e-5 relative) where that is faster than oneDNN
-    # (ACCEL.DECIDE: measured on the model; R50-FPN at 800x1333 1.4x faster on AVX2-only CPUs,
-    # slower on AVX-512 ones). False: never.
+    # With FAST_INFERENCE on CPU, where faster than oneDNN (ACCEL.DECIDE: measured on the
+    # model; R50-FPN at 800x1333 on AVX2-only CPUs, not on AVX-512 ones): the FPN and the RPN
+    # head run NCHW with their 3x3 stride-1 convolutions as NNPACK Winograd convolutions and
+    # their 1x1 ones as GEMMs (resdet.layers.fuse; outputs within ~1e-5 relative); the
+    # residual blocks stay oneDNN NHWC. False: never.
     WINOGRAD: bool = True
     # Detection: write the evaluation report (resdet.evaluation.report_writer: PR and F1
     # curves, confusion matrix, TIDE errors, galleries) after the final evaluation, from

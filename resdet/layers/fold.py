@@ -38,6 +38,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from resdet.layers.gemm import gemm_applies, gemm_backward, gemm_forward, undo_gemm_training_
 from resdet.layers.replace import conv_sharing, replace_children, share_buffers
 from resdet.layers.winograd import (
+    WINOGRAD_TRAIN_BAND_BYTES,
     undo_winograd_training_,
     winograd_applies,
     winograd_backward,
@@ -175,7 +176,7 @@ class _ScaledWeightConv2d(torch.autograd.Function):
         ctx.kernel, ctx.has_bias = kernel, bias is not None
         w = weight * scale.view(-1, 1, 1, 1)
         if kernel == "winograd":
-            return winograd_forward(x, w, bias)
+            return winograd_forward(x, w, bias, WINOGRAD_TRAIN_BAND_BYTES)
         if kernel == "gemm":
             return gemm_forward(x, w, bias)
         return F.conv2d(x, w, bias, *ctx.geometry)

@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from resdet.layers.gemm import gemm_forward
+from resdet.layers.gemm import gemm_forward, gemm_shape
 from resdet.layers.winograd import winograd_available, winograd_conv2d, winograd_shape
 
 __all__ = [
@@ -188,10 +188,8 @@ class Conv1x1NCHW(nn.Module):
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
-        if tuple(conv.kernel_size) != (1, 1) or tuple(conv.stride) != (1, 1) or conv.groups != 1:
-            raise ValueError(f"Conv1x1NCHW takes a 1x1 stride-1 convolution, got {conv}")
-        if tuple(conv.padding) != (0, 0):
-            raise ValueError(f"Conv1x1NCHW takes an unpadded convolution, got {conv}")
+        if not gemm_shape(conv):
+            raise ValueError(f"Conv1x1NCHW takes a 1x1 stride-1 unpadded convolution, got {conv}")
         self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
         b = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
         self.bias = nn.Parameter(b.to(self.weight), requires_grad=False)

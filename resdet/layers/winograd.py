@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from resdet.layers.replace import switch_convs_, unswitch_convs_
 
 __all__ = [
+    "WINOGRAD_BAND_BYTES",
+    "WINOGRAD_TRAIN_BAND_BYTES",
     "WinogradConv2d",
     "WinogradConv2dFunction",
     "undo_winograd_training_",
@@ -64,8 +66,13 @@ WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_SIZE = 12
 # NNPACK keeps a workspace as large as the Winograd transforms of its largest call (~3.6x the
 # input and output): images larger than this are convolved in bands of rows, which bounds it
-# (R50-FPN at 800x1333: the 256-channel stride-4 maps, 69 MB, go in 3 bands).
-WINOGRAD_BAND_BYTES = 8 << 20
+# (R50-FPN at 800x1333: the 256-channel stride-4 maps, 69 MB, go in 3 bands). Each band
+# costs a kernel transform and two rows of overlap: inference, one image, keeps 32 MB bands
+# (8 MB ones cost R50-FPN ~0.3 s of ~3.5 s on an AVX2 EPYC); training, whose saved
+# activations already fill memory, takes 8 MB ones (peak RSS of a batch-2 R50-FPN step 3223
+# against 3281 MB with 32 MB bands, at the same speed there).
+WINOGRAD_BAND_BYTES = 32 << 20
+WINOGRAD_TRAIN_BAND_BYTES = 8 << 20
 
 
 def winograd_available() -> bool:
@@ -133,11 +140,15 @@ def _per_image(
 
 
 def winograd_forward(
-    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    band_bytes: int = 0,
 ) -> torch.Tensor:
     """``conv2d(x, weight, bias, padding=1)`` for a 3x3 kernel through NNPACK's Winograd
-    kernels, image by image (no autograd; :func:`winograd_conv2d` is the differentiable one)."""
-    return _per_image(x, weight.contiguous(), bias)
+    kernels, image by image (no autograd; :func:`winograd_conv2d` is the differentiable one);
+    ``band_bytes`` as :func:`_per_image`'s."""
+    return _per_image(x, weight.contiguous(), bias, band_bytes)
 
 
 # Winograd F(4x4, 3x3) (Lavin & Gray, 2016): input tiles 6x6 (stride 4), output tiles 4x4.
@@ -208,7 +219,7 @@ class WinogradConv2dFunction(torch.autograd.Function):
         weight = weight.contiguous()
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _per_image(x, weight, bias)
+        return _per_image(x, weight, bias, WINOGRAD_TRAIN_BAND_BYTES)
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -233,7 +244,7 @@ def winograd_backward(
     if need_x:
         # d conv(x, W) / dx, for stride 1 and padding 1: conv(grad, W flipped, in <-> out).
         flipped = weight.flip(2, 3).transpose(0, 1).contiguous()
-        grad_x = _per_image(grad, flipped, None)
+        grad_x = _per_image(grad, flipped, None, WINOGRAD_TRAIN_BAND_BYTES)
     return grad_x, grad_w
 
 

@@ -178,10 +178,10 @@ def test_conv1x1_nchw_matches_conv_and_writes_nchw(layout, residual):
 
 
 def test_conv1x1_nchw_refuses_other_convolutions():
-    with pytest.raises(ValueError, match="1x1 stride-1"):
-        Conv1x1NCHW(nn.Conv2d(4, 4, 3, padding=1))
-    with pytest.raises(ValueError, match="unpadded"):
-        Conv1x1NCHW(nn.Conv2d(4, 4, 1, padding=1))
+    for conv in (nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1, padding=1),
+                 nn.Conv2d(4, 4, 1, stride=2)):  # fmt: skip
+        with pytest.raises(ValueError, match="1x1 stride-1 unpadded"):
+            Conv1x1NCHW(conv)
 
 
 @needs_winograd

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from test_fold import tiny_detector
 
 from resdet.accel import inference_copy
+from resdet.layers import winograd
 from resdet.layers.fold import fold_frozen_bn_training_
 from resdet.layers.winograd import (
     WINOGRAD_MIN_SIZE,
@@ -205,3 +206,30 @@ def test_evaluation_uses_winograd_where_it_beats_onednn(capability, expected, mo
     cfg.TEST.WINOGRAD = False
     fast = inference_model(model, cfg)
     assert not any(getattr(m, "winograd", False) for m in fast.modules())
+
+
+@needs_winograd
+@pytest.mark.parametrize("bands", [1, 3, 40])
+def test_banded_convolution_matches_conv2d(bands, monkeypatch):
+    # Large maps go through NNPACK in bands of rows (bounding its workspace): the same result
+    # as one call, forward and (with the training band size) both gradients.
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 40, 24, requires_grad=True)
+    w = torch.randn(32, 32, 3, 3, requires_grad=True)
+    b = torch.randn(32)
+    per_image = 32 * 40 * 24 * 4
+    band = -(-per_image // bands)
+    monkeypatch.setattr(winograd, "WINOGRAD_BAND_BYTES", band)
+    monkeypatch.setattr(winograd, "WINOGRAD_TRAIN_BAND_BYTES", band)
+    calls = count_nnpack_calls(monkeypatch)
+    ref = F.conv2d(x, w, b, padding=1)
+    with torch.no_grad():
+        out = winograd.winograd_forward(x, w, b)
+    scale = float(ref.detach().abs().max())  # Winograd's rounding: ~1e-5 of the output's range
+    torch.testing.assert_close(out, ref.detach(), rtol=1e-4, atol=1e-4 * scale)
+    assert len(calls) == 2 * min(bands, 40)  # per image, per band
+    g = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, (x, w), g)
+    got = torch.autograd.grad(WinogradConv2dFunction.apply(x, w, b), (x, w), g)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-3, atol=1e-3 * float(e.abs().max()))

@@ -50,8 +50,8 @@ class FPN(Backbone):
         return dict(self._shapes)
 
     def fuse(self, winograd: bool = False) -> None:
-        """For inference, in place: each lateral convolution adds the top-down map inside its
-        own call, the convolutions' bias adds are fused.
+        """For inference, in place: each lateral convolution adds the top-down map itself (in
+        oneDNN's call, or right after the GEMM), the convolutions' bias adds are fused.
 
         Without ``winograd`` every convolution is a :class:`~resdet.layers.fuse.FusedConv2d`
         (oneDNN, NHWC, like the ResNet below). With it the pyramid runs NCHW, the layout
