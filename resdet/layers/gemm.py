@@ -25,15 +25,15 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from resdet.layers.kernel_function import KernelConv2d, KernelConv2dFunction, kernel_conv2d
 from resdet.layers.replace import switch_convs_, unswitch_convs_
 
 __all__ = [
     "GEMM_MIN_PIXELS",
     "GemmConv2d",
-    "GemmConv2dFunction",
     "gemm_applies",
+    "gemm_autograd",
     "gemm_backward",
     "gemm_conv2d",
     "gemm_forward",
@@ -118,30 +118,12 @@ def gemm_backward(
     return grad_x, None if grad_w is None else grad_w.view_as(weight)
 
 
-class GemmConv2dFunction(torch.autograd.Function):
+def gemm_autograd(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """``conv2d(x, weight, bias)`` for a 1x1 stride-1 kernel, forward and both gradients as
-    GEMMs on the NCHW data."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: Optional[torch.Tensor],
-    ) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return gemm_forward(x, weight, bias)
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
-    ) -> Tuple[Optional[torch.Tensor], ...]:
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        grad_x, grad_w = gemm_backward(x, weight, grad, need_x, need_w)
-        grad_b = grad.sum((0, 2, 3)) if need_b and ctx.has_bias else None
-        return grad_x, grad_w, grad_b
+    GEMMs on the NCHW data, for any call (:func:`gemm_conv2d` picks where it applies)."""
+    return KernelConv2dFunction.apply(x, weight, bias, gemm_forward, gemm_backward)
 
 
 def gemm_conv2d(
@@ -149,29 +131,21 @@ def gemm_conv2d(
 ) -> torch.Tensor:
     """A 1x1 stride-1 convolution, GEMMs where :func:`gemm_applies`, else ``F.conv2d``.
     Differentiable either way."""
-    if not gemm_applies(x, weight):
-        return F.conv2d(x, weight, bias)
-    if torch.is_grad_enabled() and (
-        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    ):
-        return GemmConv2dFunction.apply(x, weight, bias)
-    return gemm_forward(x, weight, bias)
+    return kernel_conv2d(
+        x, weight, bias, applies=gemm_applies, forward=gemm_forward, backward=gemm_backward
+    )
 
 
-class GemmConv2d(nn.Conv2d):
+class GemmConv2d(KernelConv2d):
     """An ``nn.Conv2d`` of :func:`gemm_shape` computed by :func:`gemm_conv2d`."""
 
     gemm = True
-
-    def _conv_forward(
-        self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
-    ) -> torch.Tensor:
-        return gemm_conv2d(x, weight, bias)
+    kernel = staticmethod(gemm_conv2d)
 
 
 def gemm_training_(model: nn.Module) -> List[str]:
     """Run ``model``'s 1x1 stride-1 convolutions (:func:`gemm_shape`) through
-    :class:`GemmConv2dFunction`, in place; returns their names. As
+    :func:`gemm_autograd`, in place; returns their names. As
     :func:`~resdet.layers.winograd.winograd_training_`: plain convolutions become
     :class:`GemmConv2d` around the same parameters, a convolution with a ``gemm`` flag of its
     own (the on-the-fly folded one) gets it set; calls the GEMMs do not take run ``F.conv2d``.

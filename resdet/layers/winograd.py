@@ -12,7 +12,7 @@ Two facts shape how it is called:
 - NNPACK takes its Winograd path only for a batch of **one** image (its "inference" entry
   point); for a larger batch it picks a GEMM-like algorithm no faster than oneDNN's. So batches
   are convolved image by image.
-- NNPACK has no backward. :class:`WinogradConv2dFunction` supplies one: the input gradient of a
+- NNPACK has no backward. :func:`winograd_autograd` supplies one: the input gradient of a
   3x3 stride-1 convolution (padding 1) is itself such a convolution, of the output gradient
   with the flipped, transposed kernel, and runs through the same Winograd kernels; the weight
   gradient is a Winograd F(4x4, 3x3) correlation of input and output gradient tiles
@@ -38,15 +38,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from resdet.layers.kernel_function import KernelConv2d, KernelConv2dFunction, kernel_conv2d
 from resdet.layers.replace import switch_convs_, unswitch_convs_
 
 __all__ = [
     "WINOGRAD_BAND_BYTES",
     "WINOGRAD_TRAIN_BAND_BYTES",
     "WinogradConv2d",
-    "WinogradConv2dFunction",
     "undo_winograd_training_",
     "winograd_applies",
+    "winograd_autograd",
     "winograd_available",
     "winograd_backward",
     "winograd_conv2d",
@@ -205,31 +206,19 @@ def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor, band: int = 8) -> 
     return (kg @ acc.view(36, -1)).view(3, 3, c_out, c_in).permute(2, 3, 0, 1).contiguous()
 
 
-class WinogradConv2dFunction(torch.autograd.Function):
+def _train_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
+    return _per_image(x, weight.contiguous(), bias, WINOGRAD_TRAIN_BAND_BYTES)
+
+
+def winograd_autograd(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """``conv2d(x, weight, bias, padding=1)`` for a 3x3 kernel, forward and input gradient as
-    Winograd convolutions (NNPACK), weight gradient by :func:`winograd_weight_grad`."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: Optional[torch.Tensor],
-    ) -> torch.Tensor:
-        weight = weight.contiguous()
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _per_image(x, weight, bias, WINOGRAD_TRAIN_BAND_BYTES)
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
-    ) -> Tuple[Optional[torch.Tensor], ...]:
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        grad_x, grad_w = winograd_backward(x, weight, grad, need_x, need_w)
-        grad_b = grad.sum((0, 2, 3)) if need_b and ctx.has_bias else None
-        return grad_x, grad_w, grad_b
+    Winograd convolutions (NNPACK), weight gradient by :func:`winograd_weight_grad`, for any
+    call (:func:`winograd_conv2d` picks where it applies)."""
+    return KernelConv2dFunction.apply(x, weight, bias, _train_forward, winograd_backward)
 
 
 def winograd_backward(
@@ -253,31 +242,24 @@ def winograd_conv2d(
 ) -> torch.Tensor:
     """A 3x3 stride-1 padding-1 convolution, Winograd where :func:`winograd_applies`, else
     ``F.conv2d``. Differentiable either way. The Winograd output is NCHW-contiguous."""
-    if not winograd_applies(x, weight):
-        return F.conv2d(x, weight, bias, 1, 1)
-    if torch.is_grad_enabled() and (
-        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    ):
-        return WinogradConv2dFunction.apply(x, weight, bias)
-    return winograd_forward(x, weight, bias)
+    return kernel_conv2d(
+        x, weight, bias, applies=winograd_applies, forward=winograd_forward,
+        train_forward=_train_forward, backward=winograd_backward, padding=1,
+    )  # fmt: skip
 
 
-class WinogradConv2d(nn.Conv2d):
+class WinogradConv2d(KernelConv2d):
     """An ``nn.Conv2d`` of :func:`winograd_shape` computed by :func:`winograd_conv2d` (the
     ordinary convolution wherever the Winograd kernels do not apply: its padding is 1, so
     ``F.conv2d(x, w, b, 1, 1)`` is the module's own convolution)."""
 
     winograd = True
-
-    def _conv_forward(
-        self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
-    ) -> torch.Tensor:
-        return winograd_conv2d(x, weight, bias)
+    kernel = staticmethod(winograd_conv2d)
 
 
 def winograd_training_(model: nn.Module) -> List[str]:
     """Run ``model``'s 3x3 stride-1 convolutions (:func:`winograd_shape`) through
-    :class:`WinogradConv2dFunction`, in place; returns their names.
+    :func:`winograd_autograd`, in place; returns their names.
 
     A plain ``nn.Conv2d`` is replaced by a :class:`WinogradConv2d` holding the same parameters;
     a convolution that has a ``winograd`` flag of its own (the on-the-fly folded convolution of

@@ -45,6 +45,25 @@ def tiny_detector(kind: str) -> tuple:
     return model, inputs
 
 
+def features_and_grads(models, x: torch.Tensor, rpn_head: bool = False) -> tuple:
+    """Each model's backbone features on ``x`` and the gradients (by full parameter name) of a
+    fixed random projection of them (and, with ``rpn_head``, of the RPN head's outputs on p2):
+    the detector's own losses would sample RoIs, where float rounding can flip a near-tie."""
+    outputs, grads = [], []
+    for m in models:
+        m.train()
+        feats = m.backbone(x)
+        proj = torch.Generator().manual_seed(2)
+        loss = sum((f * torch.randn(f.shape, generator=proj)).sum() for f in feats.values())
+        if rpn_head:
+            logits, deltas = m.rpn.head([feats["p2"]])
+            loss = loss + logits[0].sum() + deltas[0].square().sum()
+        loss.backward()
+        outputs.append(feats)
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+    return outputs, grads
+
+
 def assert_same_detections(a: dict, b: dict, atol: float) -> None:
     """Same number of detections, and each of ``a``'s has one in ``b`` with the same label,
     box and score within ``atol`` (order may differ between near-equal scores)."""
@@ -135,21 +154,11 @@ def test_training_fold_keeps_keys_outputs_and_gradients():
     assert fold_frozen_bn_training_(live) == 20  # R18: stem + 8 blocks x 2 + 3 projections
     assert list(live.state_dict()) == keys
     live.load_state_dict(model.state_dict(), strict=True)
-    # Backbone features and the gradients of a fixed function of them (the detector's own
-    # losses would sample RoIs, where float rounding can flip a near-tie).
     torch.manual_seed(1)
-    x = torch.randn(2, 3, 64, 64)
-    grads = []
-    for m in (model, live):
-        m.train()
-        feats = m.backbone(x)
-        proj = torch.Generator().manual_seed(2)
-        loss = sum((f * torch.randn(f.shape, generator=proj)).sum() for f in feats.values())
-        loss.backward()
-        grads.append({n: p.grad for n, p in m.backbone.named_parameters() if p.grad is not None})
+    _, grads = features_and_grads((model, live), torch.randn(2, 3, 64, 64))
     assert grads[0].keys() == grads[1].keys()
-    assert "bottom_up.layer4.0.conv1.weight" in grads[0]  # trainable stages get gradients
-    assert "bottom_up.layer1.0.conv1.weight" not in grads[0]  # FREEZE_AT 2 stays frozen
+    assert "backbone.bottom_up.layer4.0.conv1.weight" in grads[0]  # trainable stages
+    assert "backbone.bottom_up.layer1.0.conv1.weight" not in grads[0]  # FREEZE_AT 2: frozen
     for name, g in grads[0].items():
         torch.testing.assert_close(
             grads[1][name], g, rtol=1e-4, atol=1e-5 * g.abs().max(), msg=name

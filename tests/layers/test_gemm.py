@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # pytest puts this folder on sys.path (rootdir-relative "prepend" import mode).
-from test_fold import tiny_detector
+from test_fold import features_and_grads, tiny_detector
 
 from resdet.accel import inference_copy, training_paths_
 from resdet.layers import gemm
@@ -20,8 +20,8 @@ from resdet.layers.fold import ConvFrozenBN, fold_frozen_bn_training_
 from resdet.layers.gemm import (
     GEMM_MIN_PIXELS,
     GemmConv2d,
-    GemmConv2dFunction,
     gemm_applies,
+    gemm_autograd,
     gemm_conv2d,
     gemm_forward,
     gemm_training_,
@@ -48,9 +48,9 @@ def test_function_gradients_match_conv2d(batch):
     x = torch.randn(batch, 6, 7, 5, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 6, 1, 1, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(GemmConv2dFunction.apply, (x, w, b))
+    assert torch.autograd.gradcheck(gemm_autograd, (x, w, b))
     g = torch.randn(batch, 4, 7, 5, dtype=torch.float64)
-    got = torch.autograd.grad(GemmConv2dFunction.apply(x, w, b), (x, w, b), g)
+    got = torch.autograd.grad(gemm_autograd(x, w, b), (x, w, b), g)
     want = torch.autograd.grad(F.conv2d(x, w, b), (x, w, b), g)
     for a, e in zip(got, want):
         torch.testing.assert_close(a, e)
@@ -59,7 +59,7 @@ def test_function_gradients_match_conv2d(batch):
 def test_only_the_needed_gradients_are_computed():
     x = torch.randn(1, 4, 50, 50)
     w = torch.randn(3, 4, 1, 1, requires_grad=True)
-    y = GemmConv2dFunction.apply(x, w, None)
+    y = gemm_autograd(x, w, None)
     (gw,) = torch.autograd.grad(y.sum(), (w,))
     torch.testing.assert_close(gw, torch.autograd.grad(F.conv2d(x, w).sum(), (w,))[0])
 
@@ -99,18 +99,7 @@ def test_switch_keeps_keys_outputs_and_gradients(monkeypatch):
     real = gemm.gemm_forward
     monkeypatch.setattr(gemm, "gemm_forward", lambda *a: calls.append(1) or real(*a))
     torch.manual_seed(1)
-    x = torch.randn(2, 3, 128, 128)
-    outputs, grads = [], []
-    for m in (model, live):
-        m.train()
-        feats = m.backbone(x)
-        proj = torch.Generator().manual_seed(2)
-        loss = sum((f * torch.randn(f.shape, generator=proj)).sum() for f in feats.values())
-        logits, deltas = m.rpn.head([feats["p2"]])
-        loss = loss + logits[0].sum() + deltas[0].square().sum()
-        loss.backward()
-        outputs.append(feats)
-        grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+    outputs, grads = features_and_grads((model, live), torch.randn(2, 3, 128, 128), rpn_head=True)
     assert calls, "the GEMMs did not run"
     for k, f in outputs[0].items():
         torch.testing.assert_close(outputs[1][k].detach(), f.detach(), rtol=1e-4, atol=1e-4)

@@ -11,16 +11,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # pytest puts this folder on sys.path (rootdir-relative "prepend" import mode).
-from test_fold import tiny_detector
+from test_fold import features_and_grads, tiny_detector
 
 from resdet.accel import inference_copy
 from resdet.layers import winograd
 from resdet.layers.fold import fold_frozen_bn_training_
 from resdet.layers.winograd import (
     WINOGRAD_MIN_SIZE,
-    WinogradConv2dFunction,
     undo_winograd_training_,
     winograd_applies,
+    winograd_autograd,
     winograd_available,
     winograd_conv2d,
     winograd_training_,
@@ -77,7 +77,7 @@ def test_function_matches_conv2d_forward_and_backward(batch):
     x = torch.randn(batch, 32, 30, 41, requires_grad=True)
     w = (torch.randn(48, 32, 3, 3) * 0.05).requires_grad_()
     b = torch.randn(48, requires_grad=True)
-    y = WinogradConv2dFunction.apply(x, w, b)
+    y = winograd_autograd(x, w, b)
     g = torch.randn_like(y)
     grads = torch.autograd.grad(y, (x, w, b), g)
     ref = _reference(x, w, b, g)
@@ -134,17 +134,7 @@ def test_training_switch_keeps_keys_outputs_and_gradients(monkeypatch):
     silu = F.silu
     monkeypatch.setattr(F, "relu", lambda t, inplace=False: silu(t))
     torch.manual_seed(1)
-    x = torch.randn(2, 3, 128, 128)
-    outputs, grads = [], []
-    for m in (model, live):
-        m.train()
-        feats = m.backbone(x)
-        proj = torch.Generator().manual_seed(2)
-        loss = sum((f * torch.randn(f.shape, generator=proj)).sum() for f in feats.values())
-        loss = loss + m.rpn.head([feats["p2"]])[0][0].sum()
-        loss.backward()
-        outputs.append(feats)
-        grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+    outputs, grads = features_and_grads((model, live), torch.randn(2, 3, 128, 128), rpn_head=True)
     assert calls, "the Winograd kernels did not run"
     for k, f in outputs[0].items():
         f = f.detach()
@@ -230,6 +220,6 @@ def test_banded_convolution_matches_conv2d(bands, monkeypatch):
     assert len(calls) == 2 * min(bands, 40)  # per image, per band
     g = torch.randn_like(ref)
     want = torch.autograd.grad(ref, (x, w), g)
-    got = torch.autograd.grad(WinogradConv2dFunction.apply(x, w, b), (x, w), g)
+    got = torch.autograd.grad(winograd_autograd(x, w, b), (x, w), g)
     for a, e in zip(got, want):
         torch.testing.assert_close(a, e, rtol=1e-3, atol=1e-3 * float(e.abs().max()))
