@@ -27,6 +27,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from resdet.config.schema import Config
+from resdet.layers.roi_align import MultiScaleRoIAlign
 from resdet.modeling.backbone.resnet import ResNet
 
 __all__ = [
@@ -110,6 +111,14 @@ def count_macs(module: nn.Module, *inputs: Any) -> Tuple[Any, Dict[str, int]]:
         elif name.startswith(root + "."):
             name = name[len(root) + 1 :]
         out[name] = out.get(name, 0) + sum(per_op.values()) // 2
+    # RoIAlign does not count (see above), however it computes: on CPU it pools as a sparse
+    # product, which the counter would take for a dense matrix product.
+    for pooler, m in module.named_modules():
+        if isinstance(m, MultiScaleRoIAlign) and out.get(pooler):
+            macs = out[pooler]
+            for name in out:
+                if name in ("Global", "") or pooler == name or pooler.startswith(name + "."):
+                    out[name] -= macs
     return output, out
 
 
