@@ -23,6 +23,7 @@ complete, so re-running after an interruption resumes: a training step continues
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from resdet.data.catalog import (
 from resdet.data.shapes import shapes_paths
 from resdet.engine import classification, detection
 from resdet.utils.logging import setup_logging
+from resdet_apps.demo_fit import fitted_det_iters
 from resdet_apps.demo_steps import (
     Background,
     StepRun,
@@ -93,8 +95,8 @@ SCHEDULES: Dict[str, Schedule] = {
     # default_schedule): on a 2-core AMX Xeon ~1.35x faster, which buys the long schedule's
     # 3,000 iterations inside the budget (see README).
     "bf16": Schedule(
-        cls=["SOLVER.MAX_ITER", "1200", "TEST.EVAL_PERIOD", "300"],
-        det=["SOLVER.MAX_ITER", "3000", "TEST.EVAL_PERIOD", "500", "SOLVER.WARMUP_ITERS", "100",
+        cls=["SOLVER.MAX_ITER", "2400", "TEST.EVAL_PERIOD", "400"],
+        det=["SOLVER.MAX_ITER", "6000", "TEST.EVAL_PERIOD", "1000", "SOLVER.WARMUP_ITERS", "200",
              "SOLVER.AMP.ENABLED", "True"],
         scratch=list(_SCRATCH),
         eval_images=100,
@@ -102,8 +104,8 @@ SCHEDULES: Dict[str, Schedule] = {
     # Longer fp32 runs aimed at the accuracy targets (AP50 >= 0.90, AP >= 0.60): 16 minutes on
     # a 2-core AMX Xeon, about 45 on a 2-core AVX2 EPYC.
     "long": Schedule(
-        cls=["SOLVER.MAX_ITER", "1200", "TEST.EVAL_PERIOD", "300"],
-        det=["SOLVER.MAX_ITER", "3000", "TEST.EVAL_PERIOD", "500", "SOLVER.WARMUP_ITERS", "100"],
+        cls=["SOLVER.MAX_ITER", "2400", "TEST.EVAL_PERIOD", "400"],
+        det=["SOLVER.MAX_ITER", "6000", "TEST.EVAL_PERIOD", "1000", "SOLVER.WARMUP_ITERS", "200"],
         scratch=list(_SCRATCH),
         eval_images=100,
     ),
@@ -172,6 +174,10 @@ class DemoOptions:
             detector train (each process uses one thread); else one after the other.
         workers: processes generating the dataset.
         num_vis: val images drawn with predictions and ground truth.
+        det_iters: iterations of both detectors (eval, warm-up and checkpoint periods
+            follow); 0 keeps the schedule's. ``det_opts`` still override them.
+        fit: with ``det_iters`` 0, fit it to this CPU's measured speed and the demo's time
+            budget (:mod:`resdet_apps.demo_fit`); what ``make demo`` does.
     """
 
     output: str = "output/demo"
@@ -185,6 +191,8 @@ class DemoOptions:
     parallel: bool = True
     workers: int = 2
     num_vis: int = 8
+    det_iters: int = 0
+    fit: bool = False
 
 
 def repo_config(name: str) -> str:
@@ -249,11 +257,18 @@ def build_configs(opts: DemoOptions, data_root: str) -> Tuple[Dict[str, Config],
     train, val, subset = _dataset_names(data_root, sch.eval_images)
     det_path = opts.det_config or repo_config("shapes_r18_fpn.yaml")
 
+    n = opts.det_iters
+    iters = [
+        "SOLVER.MAX_ITER", str(n), "SOLVER.WARMUP_ITERS", str(max(20, n * 3 // 100)),
+        "TEST.EVAL_PERIOD", str(max(1, n // 4)), "SOLVER.CHECKPOINT_PERIOD", str(max(1, n // 10)),
+    ] if n > 0 else []  # fmt: skip
+
     def det_config(name: str, extra: List[str]) -> Config:
         cfg = load_config(
             det_path,
             [
                 *sch.det,
+                *iters,
                 *opts.det_opts,
                 *extra,
                 "DATASETS.TRAIN", f"[{train}]",
@@ -332,6 +347,10 @@ def run_demo(opts: DemoOptions) -> Dict[str, Any]:
     with StepRun(opts.output) as run:
         t_start, timer = time.perf_counter(), run.timer
         configs, val = build_configs(opts, data_root)
+        if opts.fit and not opts.det_iters:
+            n = fitted_det_iters(opts.output, opts.schedule, configs)
+            opts = dataclasses.replace(opts, det_iters=n)
+            configs, val = build_configs(opts, data_root)
 
         data = shapes_step(data_root, opts.workers, num_train=sch.num_train,
                            num_val=sch.num_val, crop_size=sch.crop_size)  # fmt: skip

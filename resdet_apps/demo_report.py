@@ -36,6 +36,7 @@ from resdet.modeling.detection.build import build_detector
 from resdet.utils.machine import machine_info
 from resdet.utils.plots import plot_curves, plot_detection_curves, read_metrics
 from resdet.utils.visualization import draw_detections, save_image, tile_images
+from resdet_apps.demo_fit import FIT_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ def summarize(
     """The demo's results as one dict (written to ``summary.json`` and printed by the tool)."""
     out: Dict[str, Any] = {
         "schedule": opts.schedule,
+        "det_iters": configs["det"].SOLVER.MAX_ITER,
+        "fitted": bool(opts.fit),
         "output": opts.output,
         "wall_seconds": round(wall, 1),
         "steps": steps,
@@ -317,9 +320,16 @@ def write_report(
         "then fine-tuned as the trunk of Faster R-CNN, and compared with the same detector "
         "trained from scratch for the same iterations.",
         "",
-        f"- schedule: `{opts.schedule}`; written {datetime.datetime.now():%Y-%m-%d %H:%M}",
+        f"- schedule: `{opts.schedule}`"
+        + (
+            f", detector iterations fitted to this CPU's measured speed ({FIT_FILE})"
+            if opts.fit
+            else ""
+        )
+        + f"; written {datetime.datetime.now():%Y-%m-%d %H:%M}",
         f"- machine: {m['cpu']}, {m['cores']} logical CPUs, no GPU; torch {m['torch']}, "
-        f"fp32, {how}",
+        f"{'detectors under bf16 autocast' if configs['det'].SOLVER.AMP.ENABLED else 'fp32'}, "
+        f"{how}",
         f"- wall time of this run: {_fmt_seconds(wall)} before this report (the environment's "
         "set-up not included; steps done in an earlier run are skipped and keep their time "
         "below)",

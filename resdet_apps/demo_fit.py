@@ -1,0 +1,136 @@
+"""How many detector iterations ``make demo`` runs here: as many as fit its time budget at the
+speed measured on this CPU.
+
+The demo trains two chains side by side, one core each: the classifier then the pretrained
+detector, and the from-scratch detector. Both detectors run the same iterations (the transfer
+comparison), so the fitted count is the largest that lets the longer chain finish its training
+within :data:`BUDGET_SECONDS`:
+
+    n = min((budget - classifier seconds) / pretrained step, budget / from-scratch step)
+
+rounded down to a hundred and kept within [:data:`MIN_ITERS`, :data:`MAX_ITERS`]. A detector's
+step is its fastest training path's probe pass (:mod:`resdet.accel`, the same measurement that
+picks the path, cached per machine) times :data:`STEP_OVERHEAD`; the classifier's is timed here
+on random crops. On a CPU twice as fast the demo trains twice as long, not half as long; on a
+slow one it stays within the budget with fewer iterations.
+
+The count is written to ``<output>/fitted_schedule.json`` and read back by a re-run of the same
+schedule, so resuming an interrupted demo never changes its settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+from resdet.config.schema import Config
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BUDGET_SECONDS", "fit_iterations", "fitted_det_iters", "FIT_FILE"]
+
+# Training time of the longer chain: the 15 minutes of `make demo` less set-up (a fresh venv:
+# 1.2-2.4 min), data (12-29 s), evaluations (~1.5 min) and report.
+BUDGET_SECONDS = 600.0
+# A real training iteration over the probe's pass (two images of the training size, forward and
+# backward): the optimizer step, the data and the other chain on the second core. Measured
+# 1.1-1.2 on a 2-core AVX2 EPYC (probe 258 / 316 ms, iterations 0.27-0.30 / 0.32-0.40 s).
+STEP_OVERHEAD = 1.2
+# The classifier's iterations over the timed step: data loading, augmentation, evaluations.
+CLS_OVERHEAD = 1.3
+MIN_ITERS, MAX_ITERS = 500, 6000
+FIT_FILE = "fitted_schedule.json"
+
+
+def fit_iterations(
+    cls_seconds: float,
+    pre_step: float,
+    scratch_step: Optional[float],
+    budget: float = BUDGET_SECONDS,
+) -> int:
+    """Detector iterations that let both chains train within ``budget`` seconds: the
+    pretrained one after ``cls_seconds`` of classifier, at ``pre_step`` s per iteration, and
+    the from-scratch one (None: not run) at ``scratch_step``."""
+    n = (budget - cls_seconds) / pre_step
+    if scratch_step is not None:
+        n = min(n, budget / scratch_step)
+    return int(min(MAX_ITERS, max(MIN_ITERS, n // 100 * 100)))
+
+
+def _detector_step(cfg: Config) -> float:
+    """Predicted seconds per training iteration of the detector ``cfg`` builds, one thread."""
+    from resdet.accel import training_step_times
+    from resdet.modeling.detection.build import build_detector
+
+    # The measurement the training run's own path choice reads back from the cache.
+    times = training_step_times(build_detector(cfg), cfg)
+    if cfg.SOLVER.AMP.ENABLED and "bf16" in times:
+        probe = times["bf16"]
+    else:
+        probe = min((t for k, t in times.items() if k != "bf16"), default=float("nan"))
+    return probe * STEP_OVERHEAD * cfg.SOLVER.IMS_PER_BATCH / 2
+
+
+def _classifier_seconds(cfg: Config, rounds: int = 3) -> float:
+    """Predicted seconds of the classifier run ``cfg`` describes: a training step on random
+    crops timed here (the minimum of ``rounds`` after one untimed) x iterations."""
+    from resdet.modeling.classifier import build_classifier
+
+    model = build_classifier(cfg).train()
+    size = cfg.INPUT.CROP_SIZE
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(cfg.SOLVER.IMS_PER_BATCH, 3, size, size, generator=g)
+    y = torch.randint(0, cfg.MODEL.NUM_CLASSES, (cfg.SOLVER.IMS_PER_BATCH,), generator=g)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    best = float("inf")
+    for i in range(rounds + 1):
+        t = time.perf_counter()
+        F.cross_entropy(model(x)["logits"], y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i:
+            best = min(best, time.perf_counter() - t)
+    return best * CLS_OVERHEAD * cfg.SOLVER.MAX_ITER
+
+
+def fitted_det_iters(
+    output: str, schedule: str, configs: Dict[str, Config], budget: float = BUDGET_SECONDS
+) -> int:
+    """The detector iterations of this demo run (``configs`` as
+    :func:`resdet_apps.demo.build_configs` returns them): read from ``output/fitted_schedule.json``
+    when an earlier run of ``schedule`` fitted them, else measured with one thread, as the demo
+    trains, and written there."""
+    path = os.path.join(output, FIT_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if saved.get("schedule") == schedule and saved.get("budget_seconds") == budget:
+            return int(saved["det_iters"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cls_s = _classifier_seconds(configs["cls"])
+        pre = _detector_step(configs["det"])
+        scratch = _detector_step(configs["scratch"]) if "scratch" in configs else None
+    finally:
+        torch.set_num_threads(threads)
+    n = fit_iterations(cls_s, pre, scratch, budget)
+    record = {
+        "schedule": schedule,
+        "budget_seconds": budget,
+        "det_iters": n,
+        "classifier_seconds": round(cls_s, 1),
+        "pretrained_step_seconds": round(pre, 4),
+        "scratch_step_seconds": None if scratch is None else round(scratch, 4),
+    }
+    os.makedirs(output, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+    logger.info("detector iterations fitted to this CPU: %d (%s)", n, json.dumps(record))
+    return n
