@@ -209,6 +209,7 @@ def save_demo_results(summary_path: str, dest: str = DEMO_RESULTS) -> None:
     keep = ("AP", "AP50", "VOC07_mAP")
     results = {
         "schedule": summary["schedule"],
+        "det_iters": summary.get("det_iters"),
         "wall_seconds": summary.get("wall_seconds"),
         "top1_err": summary["classifier"]["top1_err"],
         "pretrained": {k: summary["pretrained"][k] for k in keep},
@@ -239,10 +240,13 @@ def demo_rows(path: str = DEMO_RESULTS) -> list[str]:
 
     scratch_ap = f" (from scratch: {pct(scr['AP'])} / {pct(scr['AP50'])})" if scr else ""
     scratch_voc = f" (from scratch: {pct(scr['VOC07_mAP'])})" if scr else ""
+    iters = f", {r['det_iters']} detector iterations" if r.get("det_iters") else ""
     return [
-        f"`make demo` schedule `{r['schedule']}` on a 2-core CPU (a schedule's iteration and "
-        "precision overrides of these configs are in `resdet_apps/demo.py`, `SCHEDULES`); "
-        "the detector is fine-tuned from the shapes_cls_r18 classifier.",
+        f"`make demo` schedule `{r['schedule']}`{iters} on a 2-core CPU (a schedule's iteration "
+        "and precision overrides of these configs are in `resdet_apps/demo.py`, `SCHEDULES`; "
+        "`make demo` fits the detector iterations to the CPU's measured speed, "
+        "`resdet_apps/demo_fit.py`); the detector is fine-tuned from the shapes_cls_r18 "
+        "classifier.",
         "",
         *head,
         f"| shapes_cls_r18 | val top-1 error % (crops) | {pct(r['top1_err'])} |",

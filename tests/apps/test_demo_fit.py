@@ -43,11 +43,11 @@ def test_fitted_iterations_are_measured_once_and_kept(tmp_path, monkeypatch):
 
     monkeypatch.setattr("resdet.accel.training_step_times", step_times)
     monkeypatch.setattr(demo_fit, "_classifier_seconds", lambda cfg: 120.0)
+    monkeypatch.setattr(demo_fit, "STEP_OVERHEAD", 2.0)
     opts, configs = _configs(tmp_path)
     n = fitted_det_iters(opts.output, opts.schedule, configs, budget=600.0)
-    # Fastest paths x STEP_OVERHEAD (batch 2): pretrained 0.3 s, scratch 0.42 s per iteration.
-    pre, scratch = 0.25 * demo_fit.STEP_OVERHEAD, 0.35 * demo_fit.STEP_OVERHEAD
-    assert n == fit_iterations(120.0, pre, scratch, budget=600.0) == 1400
+    # The fastest path of each x STEP_OVERHEAD (batch 2, as the probe): from scratch binds.
+    assert n == fit_iterations(120.0, 0.5, 0.7, budget=600.0) == 800  # 600 / 0.7 = 857
     assert sorted(timed) == ["BN", "FrozenBN"]
     saved = json.loads((tmp_path / "o" / demo_fit.FIT_FILE).read_text())
     assert saved["det_iters"] == n and saved["schedule"] == "default"
@@ -57,9 +57,11 @@ def test_fitted_iterations_are_measured_once_and_kept(tmp_path, monkeypatch):
     assert len(timed) == 2
     # Another budget (or schedule) is fitted anew.
     monkeypatch.setattr(demo_fit, "_classifier_seconds", lambda cfg: 120.0)
-    assert fitted_det_iters(opts.output, opts.schedule, configs, budget=1200.0) == 2800
+    longer = fit_iterations(120.0, 0.5, 0.7, budget=1200.0)
+    assert longer == 1700  # 1200 / 0.7 = 1714
+    assert fitted_det_iters(opts.output, opts.schedule, configs, budget=1200.0) == longer
     assert len(timed) == 4
-    assert fitted_det_iters(opts.output, "bf16", configs, budget=1200.0) == 2800
+    assert fitted_det_iters(opts.output, "bf16", configs, budget=1200.0) == longer
     assert len(timed) == 6
 
 

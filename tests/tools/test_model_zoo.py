@@ -17,6 +17,7 @@ def _summary(tmp_path, **extra):
     det = {"AP": 0.353, "AP50": 0.573, "AP75": 0.39, "VOC07_mAP": 0.569}
     summary = {
         "schedule": "default",
+        "det_iters": 1300,
         "wall_seconds": 527.0,
         "classifier": {"top1_err": 0.148, "top5_err": 0.01},
         "pretrained": det,
@@ -37,6 +38,7 @@ def test_demo_rows_come_from_the_recorded_summary(zoo, tmp_path):
     assert "| shapes_cls_r18 | val top-1 error % (crops) | 14.8 |" in rows
     assert "35.3 / 57.3 (from scratch: 6.0 / 14.2)" in rows
     assert "56.9 (from scratch: 16.6)" in rows
+    assert "schedule `default`, 1300 detector iterations" in rows  # as the summary says
 
 
 def test_an_unfinished_summary_is_refused(zoo, tmp_path):
