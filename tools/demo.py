@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         parallel=not args.sequential,
         workers=args.workers,
         num_vis=args.num_vis,
-        # `make demo` (no schedule named): as many detector iterations as fit its budget here
-        fit=not (args.quick or args.long or args.schedule),
+        # `make demo` (no schedule named, no iterations given): as many detector iterations
+        # as fit its budget here
+        fit=not (args.quick or args.long or args.schedule or "SOLVER.MAX_ITER" in args.det_opts),
     )
     summary = run_demo(opts)
     _print_summary(summary)

@@ -151,6 +151,9 @@ def test_the_measurement_picks_the_default_schedule(native, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         tool.main(["--schedule", "default"])
     assert seen[1].schedule == "default" and not seen[1].fit  # a named schedule runs as it is
+    with pytest.raises(KeyboardInterrupt):
+        tool.main(["--det-opts", "SOLVER.MAX_ITER", "600"])
+    assert not seen[2].fit  # iterations given: nothing to fit
 
 
 def test_tool_rejects_quick_with_long():
