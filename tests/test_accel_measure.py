@@ -133,6 +133,26 @@ def test_config_rule_and_the_environment_override(tiny, measured, monkeypatch):
     assert measured["calls"] == []
 
 
+def test_weight_paths_do_not_change_what_is_measured(tiny, monkeypatch):
+    # The probe's key holds what the speed depends on: another checkpoint path reads the same
+    # measurement (the demo's fit and its training run), another RPN setting does not.
+    model, cfg = tiny
+    seen = []
+
+    def fake(model, size, train, settings="", remeasure=False):
+        seen.append(settings)
+        return {"nchw": 1.0}
+
+    monkeypatch.setattr(accel, "measured_times", fake)
+    accel.training_step_times(model, cfg)
+    cfg.MODEL.WEIGHTS, cfg.MODEL.BACKBONE.PRETRAINED = "a/model_final.pth", "b/cls.pth"
+    accel.training_step_times(model, cfg)
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN += 1
+    accel.training_step_times(model, cfg)
+    assert seen[0] == seen[1] != seen[2]
+    assert "cls.pth" not in seen[1] and cfg.MODEL.BACKBONE.PRETRAINED == "b/cls.pth"
+
+
 def test_a_wrong_decide_value_in_the_config_names_the_key(monkeypatch):
     monkeypatch.delenv("RESDET_ACCEL_DECIDE", raising=False)
     with pytest.raises(ConfigError, match="ACCEL.DECIDE"):

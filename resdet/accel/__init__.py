@@ -36,6 +36,7 @@ How each path is applied is :mod:`resdet.accel.paths`; the kernels are in
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from typing import Any, Dict, Optional
@@ -135,7 +136,12 @@ def _times(
     target = _probe_target(model)
     if target is None:
         return None
-    settings = repr(cfg.MODEL)  # what the speed depends on besides the weights' shapes
+    # What the speed depends on besides the weights' shapes: the model section, without the
+    # paths the weights come from (a fine-tuning run and the demo's fit, whose pretrained
+    # checkpoint lies in another folder, read the same measurement).
+    model_cfg = copy.deepcopy(cfg.MODEL)
+    model_cfg.WEIGHTS, model_cfg.BACKBONE.PRETRAINED = "", ""
+    settings = repr(model_cfg)
     return measured_times(
         target, _probe_size(cfg, train), train=train, settings=settings, remeasure=remeasure
     )
