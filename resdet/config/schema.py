@@ -154,6 +154,9 @@ class DatasetsConfig:
 class DataloaderConfig:
     NUM_WORKERS: int = 2
     ASPECT_RATIO_GROUPING: bool = True
+    # Decoded training images kept in memory, MB per data-loader process (each worker has its
+    # own); 0: off. For a small dataset whose decoding costs as much as its step (see README).
+    CACHE_MB: int = 0
 
 
 @dataclass

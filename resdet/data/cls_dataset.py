@@ -67,15 +67,19 @@ def build_cls_dataset(name: str, train: bool, cfg: Config, transform: Any, class
     """One split of ``name`` ("imagenet", "cifar10" or an ImageFolder path), see
     :func:`build_cls_datasets`; ``classes``: the class order of an ImageFolder test split."""
     root = datasets_root()
+    cache = cfg.DATALOADER.CACHE_MB * 2**20 if train else 0
     if name == "imagenet":
         return ImageFolderDataset(
-            os.path.join(root, "imagenet", "train" if train else "val"), transform, classes
+            os.path.join(root, "imagenet", "train" if train else "val"),
+            transform,
+            classes,
+            cache_bytes=cache,
         )
     if name == "cifar10":
         val = cfg.DATASETS.CIFAR_VAL_SIZE
         split = "train" if train else ("val" if val > 0 else "test")
         return CIFAR10(os.path.join(root, "cifar-10-batches-py"), split, transform, val)
-    return ImageFolderDataset(name, transform, classes)
+    return ImageFolderDataset(name, transform, classes, cache_bytes=cache)
 
 
 def build_cls_datasets(cfg: Config) -> Tuple[Dataset, Dataset | None, List[str]]:

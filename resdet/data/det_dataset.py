@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from resdet.data.det_transforms import DetTransform
-from resdet.data.image_io import read_image
+from resdet.data.image_io import DecodedImageCache, read_image
 from resdet.data.records import DatasetError, DetectionRecord
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,9 @@ class DetectionDataset(Dataset):
             readable record; training) or ``"blank"`` (grey placeholder; evaluation). See the
             module docstring. ``num_unreadable`` counts the images met in this process.
         seed: base seed of position-keyed augmentation (below).
+        cache_bytes: keep decoded images in memory up to this many bytes per process
+            (:class:`~resdet.data.image_io.DecodedImageCache`; ``DATALOADER.CACHE_MB`` for
+            training); 0: decode on every read.
 
     Keys: an index, or ``(index, position)`` where ``position`` is the sample's place in the
     training stream (:func:`~resdet.data.loader.build_detection_loader` passes these for
@@ -89,6 +92,7 @@ class DetectionDataset(Dataset):
         drop_difficult: bool = True,
         on_error: str = "raise",
         seed: int = 0,
+        cache_bytes: int = 0,
     ) -> None:
         if on_error not in ON_ERROR_MODES:
             raise ValueError(f"on_error must be one of {ON_ERROR_MODES}, got {on_error!r}")
@@ -97,6 +101,7 @@ class DetectionDataset(Dataset):
         self.drop_difficult = drop_difficult
         self.on_error = on_error
         self.seed = int(seed)
+        self.cache = DecodedImageCache(cache_bytes) if cache_bytes else None
         self.num_unreadable = 0
         self._unreadable: Set[int] = set()
 
@@ -113,7 +118,9 @@ class DetectionDataset(Dataset):
         while True:
             rec = self.records[index]
             try:
-                return load_record_image(rec), rec
+                if self.cache is None:
+                    return load_record_image(rec), rec
+                return self.cache.get(index, lambda r=rec: load_record_image(r)), rec
             except DatasetError as e:
                 if self.on_error == "raise":
                     raise DatasetError(

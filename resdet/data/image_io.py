@@ -7,7 +7,8 @@ plugins parse the header only) and refuses images of more than ``max_pixels`` pi
 error threshold (``2 * PIL.Image.MAX_IMAGE_PIXELS`` = 178,956,970 pixels, e.g. 13,377 x 13,377);
 ``INPUT.MAX_IMAGE_PIXELS`` (training, evaluation), ``--max-image-pixels`` (tools that read
 images) or the ``RESDET_MAX_IMAGE_PIXELS`` environment variable change it process-wide through
-:func:`set_max_image_pixels`; 0 turns the check off.
+:func:`set_max_image_pixels`; the ``Predictor`` passes its config's value per call; 0 turns the
+check off.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -24,11 +25,17 @@ from resdet.data.records import DatasetError
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
+    "DecodedImageCache",
+    "IMAGE_EXTENSIONS",
     "declared_size",
     "get_max_image_pixels",
     "read_image",
     "set_max_image_pixels",
 ]
+
+# File suffixes read_image (opencv) decodes, lower case; the dataset formats match them
+# case-insensitively.
+IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # 2 * PIL.Image.MAX_IMAGE_PIXELS: Pillow's error limit
 
@@ -147,3 +154,40 @@ def _looks_truncated(data: np.ndarray, path: str) -> bool:
         return False
     tail = data[-64:].tobytes()
     return b"\xff\xd9" not in tail
+
+
+class DecodedImageCache:
+    """Decoded training images kept in this process's memory, up to ``max_bytes``
+    (``DATALOADER.CACHE_MB``; what Ultralytics calls ``cache=ram``).
+
+    A training run decodes every image once an epoch; for a dataset that fits, the cache makes
+    it once a run. Decoding is half the data cost of the demo's 64 px PNG crops (0.6 of 1.2 ms
+    a crop on the AVX2 EPYC) and nearly all of it for large photos. Images are kept as first
+    read until the budget is full, then read from disk as before (no eviction: under uniformly
+    shuffled epochs any policy keeps the same fraction). Each data-loader worker holds its own
+    cache (the budget is per process). Cached arrays are made read-only, so a transform that
+    wrote into its input would fail loudly instead of altering later epochs.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"DATALOADER.CACHE_MB must be >= 0, got {max_bytes / 2**20:g}")
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self._images: Dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def get(self, key: int, decode: Callable[[], np.ndarray]) -> np.ndarray:
+        """The image cached under ``key``, else ``decode()`` (kept if it fits the budget)."""
+        image = self._images.get(key)
+        if image is not None:
+            return image
+        image = decode()
+        if self.nbytes + image.nbytes <= self.max_bytes:
+            image = np.ascontiguousarray(image)
+            image.setflags(write=False)
+            self._images[key] = image
+            self.nbytes += image.nbytes
+        return image

@@ -29,14 +29,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from resdet.data.image_io import read_image
+from resdet.data.image_io import IMAGE_EXTENSIONS, DecodedImageCache, read_image
 from resdet.data.records import DatasetError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "scan_image_folder"]
-
-IMAGE_EXTENSIONS: Tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG")
 
 
 def _list_images(class_dir: str, extensions: Tuple[str, ...]) -> List[str]:
@@ -138,6 +136,9 @@ class ImageFolderDataset(Dataset):
             W]`` tensors.
         class_names: label order; pass the training set's ``class_names`` for val/test.
         extensions: accepted file suffixes (case-insensitive).
+        cache_bytes: keep decoded images in memory up to this many bytes per process
+            (:class:`~resdet.data.image_io.DecodedImageCache`; ``DATALOADER.CACHE_MB`` for
+            training); 0: decode on every read.
 
     Items are ``(transform(image), label)`` with ``label`` an ``int`` in ``0..K-1``.
 
@@ -152,9 +153,11 @@ class ImageFolderDataset(Dataset):
         transform: Callable[[np.ndarray], Any] | None = None,
         class_names: Sequence[str] | None = None,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        cache_bytes: int = 0,
     ) -> None:
         self.root = root
         self.transform = transform
+        self.cache = DecodedImageCache(cache_bytes) if cache_bytes else None
         self.class_names, samples = scan_image_folder(root, class_names, extensions)
         encoded = [p.encode("utf-8") for p, _ in samples]
         self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
@@ -177,7 +180,10 @@ class ImageFolderDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         index = index % len(self)
-        image = read_image(self.path(index))
+        if self.cache is None:
+            image = read_image(self.path(index))
+        else:
+            image = self.cache.get(index, lambda: read_image(self.path(index)))
         label = int(self.labels[index])
         if self.transform is not None:
             return self.transform(image), label

@@ -243,7 +243,11 @@ def _parts(
                 i.MIN_SIZE_TRAIN, i.MAX_SIZE_TRAIN, i.FLIP_PROB, is_train=True
             )
             dataset = DetectionDataset(
-                records, transform, on_error=cfg.DATASETS.ON_ERROR, seed=cfg.SEED
+                records,
+                transform,
+                on_error=cfg.DATASETS.ON_ERROR,
+                seed=cfg.SEED,
+                cache_bytes=cfg.DATALOADER.CACHE_MB * 2**20,
             )
             loader = build_detection_loader(
                 dataset,

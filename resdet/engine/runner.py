@@ -177,6 +177,10 @@ def _check_inputs(task: Task, cfg: Config, weights: str, resuming: bool, eval_on
         raise ConfigError(
             f"DATASETS.ON_ERROR must be 'raise' or 'skip', got {cfg.DATASETS.ON_ERROR!r}"
         )
+    if cfg.DATALOADER.CACHE_MB < 0:
+        raise ConfigError(
+            f"DATALOADER.CACHE_MB must be >= 0 (0: off), got {cfg.DATALOADER.CACHE_MB}"
+        )
     require_checkpoint_file(weights, "--weights")
     if not resuming:  # the initial weights are not read when resuming
         require_checkpoint_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")

@@ -308,6 +308,8 @@ def test_wrong_paths_fail_first_with_the_option_and_path(tmp_path: Path, capsys)
     assert "unknown dataset 'nope'" in capsys.readouterr().err
     assert main(["--config", str(cfg), "DATASETS.ON_ERROR", "ignore", *out]) == 2
     assert "DATASETS.ON_ERROR must be 'raise' or 'skip'" in capsys.readouterr().err
+    assert main(["--config", str(cfg), "DATALOADER.CACHE_MB", "-1", *out]) == 2
+    assert "DATALOADER.CACHE_MB must be >= 0 (0: off), got -1" in capsys.readouterr().err
 
 
 def test_dataset_root_typo_names_the_expected_path(tmp_path: Path, monkeypatch) -> None:
