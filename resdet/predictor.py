@@ -85,18 +85,20 @@ class Detections:
         return out
 
 
-def to_rgb_uint8(image: Any, source: str = "image") -> np.ndarray:
+def to_rgb_uint8(image: Any, source: str = "image", max_pixels: Optional[int] = None) -> np.ndarray:
     """Any image to ``uint8[H, W, 3]`` RGB.
 
     Accepts a file path (decoded by :func:`resdet.data.image_io.read_image`: any mode, EXIF
-    rotation applied), a PIL image, or an array ``[H, W]`` (grey), ``[H, W, 1]``, ``[H, W, 3]``
-    (RGB) or ``[H, W, 4]`` (RGBA: alpha dropped). Non-uint8 arrays are taken to be 0-255.
+    rotation applied; a file declaring more than ``max_pixels`` pixels is refused before
+    decoding, default the process-wide limit, 0 none), a PIL image, or an array ``[H, W]``
+    (grey), ``[H, W, 1]``, ``[H, W, 3]`` (RGB) or ``[H, W, 4]`` (RGBA: alpha dropped).
+    Non-uint8 arrays are taken to be 0-255.
 
     Raises:
         DatasetError: unreadable file, or an array of another shape (names ``source``).
     """
     if isinstance(image, (str, os.PathLike)):
-        return read_image(os.fspath(image))
+        return read_image(os.fspath(image), max_pixels)
     if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL.Image, without importing PIL
         image = np.asarray(image.convert("RGB"))
     arr = np.asarray(image)
@@ -249,7 +251,8 @@ class Predictor:
 
     def preprocess(self, image: Any) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """``(uint8[3, H', W'] resized RGB tensor, (H, W) original size)``."""
-        rgb = to_rgb_uint8(image, str(image) if isinstance(image, (str, os.PathLike)) else "image")
+        source = str(image) if isinstance(image, (str, os.PathLike)) else "image"
+        rgb = to_rgb_uint8(image, source, self.cfg.INPUT.MAX_IMAGE_PIXELS)
         resized, _, _ = self.transform(rgb, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
         tensor = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)
         return tensor, (int(rgb.shape[0]), int(rgb.shape[1]))

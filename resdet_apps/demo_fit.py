@@ -109,7 +109,14 @@ def fitted_det_iters(
     """The detector iterations of this demo run (``configs`` as
     :func:`resdet_apps.demo.build_configs` returns them): read from ``output/fitted_schedule.json``
     when an earlier run of ``schedule`` fitted them, else measured with one thread, as the demo
-    trains, and written there."""
+    trains, and written there. 0 where the detectors train on a GPU: the fit times CPU steps,
+    so the schedule's own iterations run there (a GPU trains them in minutes)."""
+    from resdet.engine.runtime import resolve_device
+
+    device = resolve_device(configs["det"].MODEL.DEVICE)
+    if device.type != "cpu":
+        logger.info("detectors train on %s: no fit to the CPU, the schedule's iterations", device)
+        return 0
     path = os.path.join(output, FIT_FILE)
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:

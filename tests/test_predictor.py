@@ -193,3 +193,15 @@ def test_batched_predictions_equal_one_by_one(checkpoint, fast):
     assert predictor.predict_batch([]) == []
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         Predictor(None, path, batch_size=0)
+
+
+def test_the_config_limit_on_image_pixels_holds_for_files(checkpoint, tmp_path):
+    import cv2
+
+    path = str(tmp_path / "big.png")
+    cv2.imwrite(path, _image(60, 80))  # 4,800 pixels
+    small = Predictor(None, checkpoint[0], overrides=["INPUT.MAX_IMAGE_PIXELS", "4000"])
+    with pytest.raises(DatasetError, match="big.png.*4,800 pixels.*4,000"):
+        small(path)  # refused from the header, before decoding
+    assert small(_image(60, 80)).image_size == (60, 80)  # arrays are already decoded
+    assert Predictor(None, checkpoint[0])(path).image_size == (60, 80)

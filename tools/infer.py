@@ -90,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from resdet.config import ConfigError
-    from resdet.data.image_io import set_max_image_pixels
     from resdet.data.records import DatasetError
     from resdet.media import annotate_video, class_filter, collect_inputs, keep_labels
     from resdet.predictor import Predictor, to_rgb_uint8
@@ -100,16 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         inputs = collect_inputs(args.input)
         if not (inputs.images or inputs.videos):
             raise FileNotFoundError(f"--input: no images or videos in {' '.join(args.input)}")
+        limit = args.max_image_pixels
+        opts = [*args.opts, *(["INPUT.MAX_IMAGE_PIXELS", str(limit)] if limit is not None else [])]
         predictor = Predictor(
-            args.config, args.weights, args.device, args.score_thresh, overrides=args.opts,
+            args.config, args.weights, args.device, args.score_thresh, overrides=opts,
             batch_size=args.batch_size,
         )  # fmt: skip
         labels = class_filter(args.classes, predictor.class_names)
     except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    limit = args.max_image_pixels
-    set_max_image_pixels(predictor.cfg.INPUT.MAX_IMAGE_PIXELS if limit is None else limit)
+    limit = predictor.cfg.INPUT.MAX_IMAGE_PIXELS  # the checkpoint's or config's, or the flag's
 
     os.makedirs(args.output, exist_ok=True)
     results, failed, num_dets = [], [], 0
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         for image_id in range(start, min(start + args.batch_size, len(images))):
             path, root = images[image_id]
             try:
-                batch.append((image_id, path, root, to_rgb_uint8(path, path)))
+                batch.append((image_id, path, root, to_rgb_uint8(path, path, limit)))
             except DatasetError as e:
                 failed.append(str(e))
                 tqdm.write(f"skipped: {e}", file=sys.stderr)

@@ -20,6 +20,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from resdet.data.box_bounds import ClippedBoxes
+from resdet.data.image_io import IMAGE_EXTENSIONS
 from resdet.data.problems import ProblemLog, note_problem
 from resdet.data.records import DatasetError, DatasetMeta, DetectionRecord
 
@@ -72,11 +73,30 @@ def _number(node: ET.Element, path: str) -> float:
     return value
 
 
+def _image_file(images_dir: str, file_id: str, xml_root: ET.Element) -> str:
+    """``JPEGImages/<id>.jpg`` as PASCAL VOC has it; in VOC-style folders of other images
+    (LabelImg and CVAT write PNGs there too) the file the xml's ``<filename>`` names, else
+    ``<id>`` with another image extension, whichever exists (the .jpg path when none does, so
+    the error names the file VOC expects)."""
+    default = os.path.join(images_dir, f"{file_id}.jpg")
+    if os.path.isfile(default):
+        return default
+    named = os.path.basename((xml_root.findtext("filename") or "").strip())
+    candidates = [named] if named else []
+    candidates += [file_id + e for ext in IMAGE_EXTENSIONS for e in (ext, ext.upper())]
+    for name in candidates:
+        path = os.path.join(images_dir, name)
+        if os.path.isfile(path):
+            return path
+    return default
+
+
 def _parse_xml(
     xml_file: str,
     class_to_label: dict,
     image_id: int,
-    file_name: str,
+    images_dir: str,
+    file_id: str,
     problems: ProblemLog,
     clipped: ClippedBoxes | None = None,
 ) -> DetectionRecord:
@@ -131,7 +151,7 @@ def _parse_xml(
         labels.append(class_to_label[cls])
         difficult.append(diff is not None and (diff.text or "0").strip() == "1")
     return DetectionRecord(
-        file_name=file_name,
+        file_name=_image_file(images_dir, file_id, root),
         image_id=image_id,
         height=height,
         width=width,
@@ -153,7 +173,8 @@ def load_voc(
 
     Args:
         root: the ``VOC{year}`` directory holding ``ImageSets/Main/{split}.txt``,
-            ``Annotations/{id}.xml`` and ``JPEGImages/{id}.jpg``.
+            ``Annotations/{id}.xml`` and ``JPEGImages/{id}.jpg`` (or the image the xml's
+            ``<filename>`` names, or ``{id}`` with another image extension: :func:`_image_file`).
         year: ``"2007"`` or ``"2012"``; only used for the default name.
         split: ``"train"``, ``"val"``, ``"trainval"`` or ``"test"``.
         name: dataset name for the meta (default ``voc_{year}_{split}``).
@@ -192,7 +213,8 @@ def load_voc(
                 xml_file,
                 class_to_label,
                 image_id=index,
-                file_name=os.path.join(root, "JPEGImages", f"{file_id}.jpg"),
+                images_dir=os.path.join(root, "JPEGImages"),
+                file_id=file_id,
                 problems=problems,
                 clipped=clipped,
             )

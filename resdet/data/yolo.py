@@ -47,13 +47,14 @@ import numpy as np
 import yaml
 from PIL import Image, UnidentifiedImageError
 
+from resdet.data.image_io import IMAGE_EXTENSIONS
 from resdet.data.problems import ProblemLog, note_problem
 from resdet.data.records import DatasetError, DatasetMeta, DetectionRecord
 
 logger = logging.getLogger(__name__)
 
-# Extensions opencv decodes (read_image); Ultralytics' list adds formats opencv cannot read.
-IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+# Image files are those of IMAGE_EXTENSIONS (what read_image decodes); Ultralytics' list adds
+# formats opencv cannot read.
 
 # How far (as a fraction of the image side) a coordinate may lie outside 0-1 and still be
 # clipped rather than rejected: exporters round, and ``cx + w / 2`` can overshoot 1 slightly.

@@ -22,14 +22,18 @@ __all__ = ["input_convention_mismatches", "load_initial_weights"]
 
 
 # Keys whose value the weights were trained with and the detector must use too: the tensors
-# have the same shapes either way, so a mismatch would train silently wrong. The last group
-# only exists in a whole detector (MODEL.WEIGHTS), e.g. one converted from torchvision.
-_INPUT_CONVENTIONS = (
+# have the same shapes either way, so a mismatch would train silently wrong. The trunk's keys
+# matter for every checkpoint; the detector's only for a whole detector (MODEL.WEIGHTS, e.g. one
+# converted from torchvision): a classifier's config holds the schema's default anchors and
+# RoI settings, which its weights never used.
+_TRUNK_CONVENTIONS = (
     ("MODEL", "BACKBONE", "STRIDE_IN_1X1"),
     ("MODEL", "INPUT_FORMAT"),
     ("MODEL", "PIXEL_MEAN"),
     ("MODEL", "PIXEL_STD"),
     ("MODEL", "PIXEL_SCALE"),
+)
+_DETECTOR_CONVENTIONS = (
     ("MODEL", "ANCHOR", "SIZES"),
     ("MODEL", "ANCHOR", "ASPECT_RATIOS"),
     ("MODEL", "ANCHOR", "ROUND"),
@@ -41,13 +45,15 @@ _INPUT_CONVENTIONS = (
 )
 
 
-def input_convention_mismatches(source: Any, cfg: Config) -> List[str]:
+def input_convention_mismatches(source: Any, cfg: Config, trunk_only: bool = False) -> List[str]:
     """Differences between a checkpoint's stored config dict and ``cfg`` that change what the
-    weights compute (stride placement, channel order, pixel statistics)."""
+    weights compute (stride placement, channel order, pixel statistics; unless ``trunk_only``,
+    for a classifier's weights, also anchors, RoI pooling and box coding)."""
     if not isinstance(source, dict):
         return []
     problems = []
-    for path in _INPUT_CONVENTIONS:
+    keys = _TRUNK_CONVENTIONS if trunk_only else _TRUNK_CONVENTIONS + _DETECTOR_CONVENTIONS
+    for path in keys:
         theirs: Any = source
         for key in path:
             theirs = theirs.get(key) if isinstance(theirs, dict) else None
@@ -92,7 +98,7 @@ def load_initial_weights(
         path = cfg.MODEL.BACKBONE.PRETRAINED
         logger.info("initialising the backbone from %s", path)
         checkpoint = load_checkpoint(path)
-        for problem in input_convention_mismatches(checkpoint.get("config"), cfg):
+        for problem in input_convention_mismatches(checkpoint.get("config"), cfg, trunk_only=True):
             logger.warning("%s: %s", path, problem)
         load_model_weights(model.resnet, checkpoint, source=path)
     else:

@@ -100,3 +100,13 @@ def test_build_configs_gives_both_detectors_the_iterations(tmp_path):
     # The user's overrides still win.
     _, configs = _configs(tmp_path, det_iters=1300, det_opts=["SOLVER.MAX_ITER", "50"])
     assert configs["det"].SOLVER.MAX_ITER == configs["scratch"].SOLVER.MAX_ITER == 50
+
+
+def test_no_fit_where_the_detectors_train_on_a_gpu(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(demo_fit, "_classifier_seconds", pytest.fail)  # nothing is timed
+    opts, configs = _configs(tmp_path, det_opts=["MODEL.DEVICE", "cuda"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert fitted_det_iters(opts.output, opts.schedule, configs) == 0
+    assert not (tmp_path / "o" / demo_fit.FIT_FILE).exists()

@@ -134,3 +134,12 @@ def test_backbone_weights_with_other_input_conventions_are_flagged() -> None:
     assert any("MODEL.BACKBONE.STRIDE_IN_1X1 True" in p for p in problems)
     assert input_convention_mismatches(config_to_dict(cfg), cfg) == []
     assert input_convention_mismatches(None, cfg) == []
+    # A classifier's config carries the schema's default anchors, which its weights never used:
+    # only the trunk's conventions are compared for MODEL.BACKBONE.PRETRAINED.
+    shapes = load_config("configs/shapes_r18_fpn.yaml")
+    classifier = config_to_dict(load_config("configs/shapes_cls_r18.yaml"))
+    assert len(input_convention_mismatches(classifier, shapes)) >= 2  # anchors, RoI sampling
+    assert input_convention_mismatches(classifier, shapes, trunk_only=True) == []
+    classifier["MODEL"]["INPUT_FORMAT"] = "BGR"
+    (problem,) = input_convention_mismatches(classifier, shapes, trunk_only=True)
+    assert "MODEL.INPUT_FORMAT BGR" in problem
