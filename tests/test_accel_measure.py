@@ -210,6 +210,11 @@ def test_a_corrupt_cache_is_measured_again(tiny, monkeypatch, tmp_path):
     monkeypatch.setattr(measure, "measure_paths", lambda *a, **k: {"nchw": 2.0})
     assert measure.measured_times(model, 64, train=True) == {"nchw": 2.0}
     assert json.loads((tmp_path / "fastpaths.json").read_text())  # rewritten, valid
+    umask = os.umask(0)
+    os.umask(umask)
+    # The umask's mode like any file the user writes (a shared cache folder can be read).
+    assert (tmp_path / "fastpaths.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["fastpaths.json"]  # no temp file left
 
 
 @pytest.mark.parametrize("train", [True, False])

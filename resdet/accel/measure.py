@@ -36,7 +36,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -46,6 +45,7 @@ import torch.nn as nn
 from resdet.accel.paths import inference_copy, training_paths_
 from resdet.layers.winograd import winograd_available
 from resdet.utils.machine import cpu_flags, cpu_has_flag, cpu_model
+from resdet.utils.output import atomic_write
 
 __all__ = [
     "PROBE_MAX_SIZE",
@@ -117,17 +117,15 @@ def _read_cache(path: str) -> Dict[str, Dict[str, float]]:
 
 
 def _write_cache(path: str, key: str, times: Dict[str, float]) -> None:
-    """Add ``key`` to the cache file; atomically (a half-written file is never read). A cache
-    that cannot be written is only a warning: the next run measures again."""
+    """Add ``key`` to the cache file; atomically (a half-written file is never read), with the
+    umask's mode like any other file. A cache that cannot be written is only a warning: the
+    next run measures again."""
     data = _read_cache(path)
     data[key] = times
+    text = json.dumps(data, indent=1, sort_keys=True).encode("utf-8")
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError as e:
+        atomic_write(path, lambda f: f.write(text))
+    except OSError as e:  # OutputError included
         logger.warning("could not write the fast-path cache %s (%s): measuring again next run",
                        path, e)  # fmt: skip
 
