@@ -32,17 +32,16 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from resdet.layers.gemm import gemm_applies, gemm_backward, gemm_forward, undo_gemm_training_
+from resdet.layers.kernel_function import conv2d_kernels, kernel_autograd
 from resdet.layers.replace import conv_sharing, replace_children, share_buffers
 from resdet.layers.winograd import (
-    WINOGRAD_TRAIN_BAND_BYTES,
     undo_winograd_training_,
     winograd_applies,
     winograd_backward,
-    winograd_forward,
+    winograd_train_forward,
 )
 
 __all__ = [
@@ -155,55 +154,6 @@ class FoldedAwayFrozenBN(FrozenBatchNorm2d):
         return x
 
 
-class _ScaledWeightConv2d(torch.autograd.Function):
-    """``conv2d(x, W * s[:, None, None, None], b)`` that keeps ``W`` and ``s`` for the backward
-    pass instead of the scaled copy of ``W`` (autograd would hold one per convolution until
-    the backward: ~94 MB for an R50's trainable stages) and recomputes it there. ``kernel``:
-    ``"conv"`` (``F.conv2d``), ``"winograd"`` (NNPACK, 3x3) or ``"gemm"`` (BLAS, 1x1)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        scale: torch.Tensor,
-        bias: Optional[torch.Tensor],
-        conv: nn.Conv2d,
-        kernel: str,
-    ) -> torch.Tensor:
-        ctx.save_for_backward(x, weight, scale)
-        ctx.geometry = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
-        ctx.kernel, ctx.has_bias = kernel, bias is not None
-        w = weight * scale.view(-1, 1, 1, 1)
-        if kernel == "winograd":
-            return winograd_forward(x, w, bias, WINOGRAD_TRAIN_BAND_BYTES)
-        if kernel == "gemm":
-            return gemm_forward(x, w, bias)
-        return F.conv2d(x, w, bias, *ctx.geometry)
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
-    ) -> Tuple[Optional[torch.Tensor], ...]:
-        x, weight, scale = ctx.saved_tensors
-        need_x, need_w, need_s, need_b = ctx.needs_input_grad[:4]
-        w = weight * scale.view(-1, 1, 1, 1)
-        if ctx.kernel == "winograd":
-            grad_x, grad_w = winograd_backward(x, w, grad, need_x, need_w or need_s)
-        elif ctx.kernel == "gemm":
-            grad_x, grad_w = gemm_backward(x, w, grad, need_x, need_w or need_s)
-        else:
-            stride, padding, dilation, groups = ctx.geometry
-            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-                grad, x, w, None, stride, padding, dilation, False, [0, 0], groups,
-                [need_x, need_w or need_s, False],
-            )  # fmt: skip
-        grad_weight = grad_w * scale.view(-1, 1, 1, 1) if need_w else None
-        grad_scale = (grad_w * weight).sum((1, 2, 3)) if need_s else None
-        grad_bias = grad.sum((0, 2, 3)) if need_b and ctx.has_bias else None
-        return grad_x, grad_weight, grad_scale, grad_bias, None, None
-
-
 class ConvFrozenBN(nn.Conv2d):
     """``FrozenBN(conv(x))`` computed as one convolution with the affine folded into the
     weights on every call: ``conv(x, W * s) + (b - mean) * s + beta``. The weight scaling is
@@ -233,12 +183,14 @@ class ConvFrozenBN(nn.Conv2d):
         bias = shift if self.bias is None else self.bias * scale + shift
         if torch.is_autocast_enabled(x.device.type) or isinstance(self.padding, str):
             return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), bias)
-        kernel = "conv"
         if self.winograd and winograd_applies(x, self.weight):
-            kernel = "winograd"
+            kernels = (winograd_train_forward, winograd_backward)
         elif self.gemm and gemm_applies(x, self.weight):
-            kernel = "gemm"
-        return _ScaledWeightConv2d.apply(x, self.weight, scale, bias, self, kernel)
+            kernels = (gemm_forward, gemm_backward)
+        else:
+            kernels = conv2d_kernels(self)
+        # W * s is recomputed in the backward instead of kept (KernelConv2dFunction).
+        return kernel_autograd(x, self.weight, bias, *kernels, scale=scale)
 
 
 def _undo_training_fold_(model: nn.Module) -> None:

@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from resdet.layers.kernel_function import KernelConv2d, KernelConv2dFunction, kernel_conv2d
+from resdet.layers.kernel_function import KernelConv2d, kernel_autograd, kernel_conv2d
 from resdet.layers.replace import switch_convs_, unswitch_convs_
 
 __all__ = [
@@ -123,7 +123,7 @@ def gemm_autograd(
 ) -> torch.Tensor:
     """``conv2d(x, weight, bias)`` for a 1x1 stride-1 kernel, forward and both gradients as
     GEMMs on the NCHW data, for any call (:func:`gemm_conv2d` picks where it applies)."""
-    return KernelConv2dFunction.apply(x, weight, bias, gemm_forward, gemm_backward)
+    return kernel_autograd(x, weight, bias, gemm_forward, gemm_backward)
 
 
 def gemm_conv2d(

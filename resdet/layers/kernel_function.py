@@ -1,20 +1,29 @@
 """The autograd Function of the NCHW convolution kernels outside oneDNN: NNPACK's Winograd 3x3
 (:mod:`resdet.layers.winograd`) and BLAS GEMM 1x1 (:mod:`resdet.layers.gemm`).
 
-Each kernel supplies a forward and its own input and weight gradients; :func:`kernel_conv2d`
-is the one place they become a differentiable convolution, falling back to ``F.conv2d`` for
-calls the kernel does not take (CUDA, autocast, small maps).
+Each kernel supplies a forward and its own input and weight gradients; :func:`kernel_autograd`
+is the one place they become a differentiable convolution (of ``weight``, or of ``weight``
+scaled per output channel: the on-the-fly folded frozen BN of :mod:`resdet.layers.fold`), and
+:func:`kernel_conv2d` falls back to ``F.conv2d`` for calls the kernel does not take (CUDA,
+autocast, small maps). :func:`conv2d_kernels` is the same pair for ``F.conv2d`` itself.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["KernelConv2d", "KernelConv2dFunction", "kernel_conv2d"]
+__all__ = [
+    "KernelConv2d",
+    "KernelConv2dFunction",
+    "conv2d_kernels",
+    "kernel_autograd",
+    "kernel_conv2d",
+]
 
 Forward = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 Backward = Callable[
@@ -24,32 +33,87 @@ Backward = Callable[
 
 
 class KernelConv2dFunction(torch.autograd.Function):
-    """``forward(x, weight, bias)`` with the gradients ``backward(x, weight, grad, need_x,
-    need_w) -> (grad_x, grad_w)`` of the same kernel; the bias gradient is the sum of ``grad``
-    over batch and pixels. ``apply(x, weight, bias, forward, backward)``."""
+    """``forward(x, weight * scale, bias)`` with the gradients ``backward(x, weight, grad,
+    need_x, need_w) -> (grad_x, grad_w)`` of the same kernel; ``scale`` (per output channel) may
+    be None. The scaled weight is not kept for the backward (autograd would hold one per
+    convolution until then: ~94 MB for an R50's trainable stages) but recomputed there; the
+    bias gradient is the sum of ``grad`` over batch and pixels. Called by
+    :func:`kernel_autograd`."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx,
         x: torch.Tensor,
         weight: torch.Tensor,
+        scale: Optional[torch.Tensor],
         bias: Optional[torch.Tensor],
         forward: Forward,
         backward: Backward,
     ) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(x, weight, scale)
         ctx.backward, ctx.has_bias = backward, bias is not None
-        return forward(x, weight, bias)
+        return forward(x, _scaled(weight, scale), bias)
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
     ) -> Tuple[Optional[torch.Tensor], ...]:
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_x, grad_w = ctx.backward(x, weight, grad, need_x, need_w)
-        grad_b = grad.sum((0, 2, 3)) if need_b and ctx.has_bias else None
-        return grad_x, grad_w, grad_b, None, None
+        x, weight, scale = ctx.saved_tensors
+        need_x, need_w, need_s, need_b = ctx.needs_input_grad[:4]
+        grad_x, grad_w = ctx.backward(x, _scaled(weight, scale), grad, need_x, need_w or need_s)
+        grad_weight = grad_scale = grad_b = None
+        if need_w:
+            grad_weight = grad_w if scale is None else grad_w * scale.view(-1, 1, 1, 1)
+        if need_s:
+            grad_scale = (grad_w * weight).sum((1, 2, 3))
+        if need_b and ctx.has_bias:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_weight, grad_scale, grad_b, None, None
+
+
+def _scaled(weight: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
+    return weight if scale is None else weight * scale.view(-1, 1, 1, 1)
+
+
+def kernel_autograd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    forward: Forward,
+    backward: Backward,
+    scale: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``conv(x, weight * scale, bias)`` computed by the kernel ``(forward, backward)``,
+    differentiable in ``x``, ``weight``, ``scale`` and ``bias``."""
+    return KernelConv2dFunction.apply(x, weight, scale, bias, forward, backward)
+
+
+@functools.cache
+def _conv2d_kernels(
+    stride: Tuple[int, int], padding: Tuple[int, int], dilation: Tuple[int, int], groups: int
+) -> Tuple[Forward, Backward]:
+    def forward(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        return F.conv2d(x, w, b, stride, padding, dilation, groups)
+
+    def backward(
+        x: torch.Tensor, w: torch.Tensor, grad: torch.Tensor, need_x: bool, need_w: bool
+    ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad, x, w, None, list(stride), list(padding), list(dilation), False, [0, 0],
+            groups, [need_x, need_w, False],
+        )  # fmt: skip
+        return grad_x, grad_w
+
+    return forward, backward
+
+
+def conv2d_kernels(conv: nn.Conv2d) -> Tuple[Forward, Backward]:
+    """``(forward, backward)`` of ``F.conv2d`` with ``conv``'s stride, padding (numbers, not
+    "same"), dilation and groups: oneDNN's (or CUDA's) kernels as a :func:`kernel_autograd`
+    pair."""
+    return _conv2d_kernels(
+        tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation), conv.groups
+    )
 
 
 def kernel_conv2d(
@@ -71,7 +135,7 @@ def kernel_conv2d(
     if torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     ):
-        return KernelConv2dFunction.apply(x, weight, bias, train_forward or forward, backward)
+        return kernel_autograd(x, weight, bias, train_forward or forward, backward)
     return forward(x, weight, bias)
 
 

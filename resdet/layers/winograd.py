@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from resdet.layers.kernel_function import KernelConv2d, KernelConv2dFunction, kernel_conv2d
+from resdet.layers.kernel_function import KernelConv2d, kernel_autograd, kernel_conv2d
 from resdet.layers.replace import switch_convs_, unswitch_convs_
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "winograd_conv2d",
     "winograd_forward",
     "winograd_shape",
+    "winograd_train_forward",
     "winograd_training_",
     "winograd_weight_grad",
 ]
@@ -206,9 +207,10 @@ def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor, band: int = 8) -> 
     return (kg @ acc.view(36, -1)).view(3, 3, c_out, c_in).permute(2, 3, 0, 1).contiguous()
 
 
-def _train_forward(
+def winograd_train_forward(
     x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
 ) -> torch.Tensor:
+    """:func:`winograd_forward` in the training band size (``WINOGRAD_TRAIN_BAND_BYTES``)."""
     return _per_image(x, weight.contiguous(), bias, WINOGRAD_TRAIN_BAND_BYTES)
 
 
@@ -218,7 +220,7 @@ def winograd_autograd(
     """``conv2d(x, weight, bias, padding=1)`` for a 3x3 kernel, forward and input gradient as
     Winograd convolutions (NNPACK), weight gradient by :func:`winograd_weight_grad`, for any
     call (:func:`winograd_conv2d` picks where it applies)."""
-    return KernelConv2dFunction.apply(x, weight, bias, _train_forward, winograd_backward)
+    return kernel_autograd(x, weight, bias, winograd_train_forward, winograd_backward)
 
 
 def winograd_backward(
@@ -244,7 +246,7 @@ def winograd_conv2d(
     ``F.conv2d``. Differentiable either way. The Winograd output is NCHW-contiguous."""
     return kernel_conv2d(
         x, weight, bias, applies=winograd_applies, forward=winograd_forward,
-        train_forward=_train_forward, backward=winograd_backward, padding=1,
+        train_forward=winograd_train_forward, backward=winograd_backward, padding=1,
     )  # fmt: skip
 
 

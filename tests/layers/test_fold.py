@@ -168,3 +168,27 @@ def test_training_fold_keeps_keys_outputs_and_gradients():
     live.eval()
     with torch.inference_mode():
         assert_same_detections(model(inputs)[0], fold_frozen_bn(live)(inputs)[0], 1e-4)
+
+
+@pytest.mark.parametrize(
+    "geometry", [{"stride": 2, "padding": 1}, {"dilation": 2, "padding": 2, "groups": 2}]
+)
+def test_a_scaled_kernel_call_differentiates_like_conv2d(geometry):
+    import torch.nn.functional as F
+
+    from resdet.layers.kernel_function import conv2d_kernels, kernel_autograd
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, bias=False, **geometry)
+    x = torch.randn(2, 4, 11, 13, dtype=torch.float64, requires_grad=True)
+    w = conv.weight.detach().double().requires_grad_()
+    s = torch.rand(6, dtype=torch.float64).add(0.5).requires_grad_()  # the folded BN's scale
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    got = kernel_autograd(x, w, b, *conv2d_kernels(conv), scale=s)
+    want = F.conv2d(x, w * s.view(-1, 1, 1, 1), b, conv.stride, conv.padding, conv.dilation,
+                    conv.groups)  # fmt: skip
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(want)
+    for a, r in zip(torch.autograd.grad(got, (x, w, s, b), g),
+                    torch.autograd.grad(want, (x, w, s, b), g)):  # fmt: skip
+        torch.testing.assert_close(a, r)
