@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from resdet.layers.gemm import gemm_forward, gemm_shape
+from resdet.layers.gemm import gemm_can, gemm_forward, gemm_shape
 from resdet.layers.winograd import winograd_available, winograd_conv2d, winograd_shape
 
 __all__ = [
@@ -195,13 +195,8 @@ class Conv1x1NCHW(nn.Module):
         self.bias = nn.Parameter(b.to(self.weight), requires_grad=False)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if (
-            x.device.type != "cpu"
-            or x.dtype != torch.float32
-            or self.weight.dtype != torch.float32
-            or torch.is_autocast_enabled("cpu")
-            or (torch.is_grad_enabled() and x.requires_grad)
-        ):
+        # Any map size (the NCHW output is the point here, not the GEMMs' speed).
+        if not gemm_can(x, self.weight) or (torch.is_grad_enabled() and x.requires_grad):
             y = F.conv2d(x, self.weight, self.bias)
             return y if residual is None else y + residual
         out = gemm_forward(x, self.weight, self.bias)  # NCHW, any input layout

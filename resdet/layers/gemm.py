@@ -35,6 +35,7 @@ __all__ = [
     "gemm_applies",
     "gemm_autograd",
     "gemm_backward",
+    "gemm_can",
     "gemm_conv2d",
     "gemm_forward",
     "gemm_shape",
@@ -60,16 +61,20 @@ def gemm_shape(conv: nn.Conv2d) -> bool:
     )
 
 
-def gemm_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether this call goes through the GEMMs: fp32 CPU tensors outside autocast, a map of
-    at least :data:`GEMM_MIN_PIXELS` pixels."""
+def gemm_can(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the GEMMs can compute this call: fp32 CPU tensors outside autocast."""
     return (
         x.device.type == "cpu"
         and x.dim() == 4
         and x.dtype == torch.float32 == weight.dtype
-        and x.shape[-2] * x.shape[-1] >= GEMM_MIN_PIXELS
         and not torch.is_autocast_enabled("cpu")
     )
+
+
+def gemm_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether this call goes through the GEMMs: :func:`gemm_can`, and a map of at least
+    :data:`GEMM_MIN_PIXELS` pixels (where they are faster than oneDNN)."""
+    return gemm_can(x, weight) and x.shape[-2] * x.shape[-1] >= GEMM_MIN_PIXELS
 
 
 def _rows(image: torch.Tensor) -> torch.Tensor:
