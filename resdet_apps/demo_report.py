@@ -90,6 +90,7 @@ def summarize(
         "fitted": bool(opts.fit),
         "output": opts.output,
         "wall_seconds": round(wall, 1),
+        "machine": {k: v for k, v in machine_info().items() if k in ("cpu", "isa", "cores")},
         "steps": steps,
         "classifier": _cls_results(configs["cls"]),
         "report": os.path.join(opts.output, "REPORT.md"),
@@ -327,7 +328,8 @@ def write_report(
             else ""
         )
         + f"; written {datetime.datetime.now():%Y-%m-%d %H:%M}",
-        f"- machine: {m['cpu']}, {m['cores']} logical CPUs, no GPU; torch {m['torch']}, "
+        f"- machine: {m['cpu']} (flags {' '.join(m['isa']) or 'none of note'}), "
+        f"{m['cores']} logical CPUs, no GPU; torch {m['torch']}, "
         f"{'detectors under bf16 autocast' if configs['det'].SOLVER.AMP.ENABLED else 'fp32'}, "
         f"{how}",
         f"- wall time of this run: {_fmt_seconds(wall)} before this report (the environment's "

@@ -211,6 +211,7 @@ def save_demo_results(summary_path: str, dest: str = DEMO_RESULTS) -> None:
         "schedule": summary["schedule"],
         "det_iters": summary.get("det_iters"),
         "wall_seconds": summary.get("wall_seconds"),
+        "machine": summary.get("machine"),
         "top1_err": summary["classifier"]["top1_err"],
         "pretrained": {k: summary["pretrained"][k] for k in keep},
         "scratch": {k: summary["scratch"][k] for k in keep} if "scratch" in summary else None,
@@ -241,11 +242,13 @@ def demo_rows(path: str = DEMO_RESULTS) -> list[str]:
     scratch_ap = f" (from scratch: {pct(scr['AP'])} / {pct(scr['AP50'])})" if scr else ""
     scratch_voc = f" (from scratch: {pct(scr['VOC07_mAP'])})" if scr else ""
     iters = f", {r['det_iters']} detector iterations" if r.get("det_iters") else ""
+    m = r.get("machine")
+    cpu = f"{m['cpu']} ({m['cores']} cores, flags {' '.join(m['isa'])})" if m else "a 2-core CPU"
     return [
-        f"`make demo` schedule `{r['schedule']}`{iters} on a 2-core CPU (a schedule's iteration "
+        f"`make demo` schedule `{r['schedule']}`{iters} on {cpu}. A schedule's iteration "
         "and precision overrides of these configs are in `resdet_apps/demo.py`, `SCHEDULES`; "
-        "`make demo` fits the detector iterations to the CPU's measured speed, "
-        "`resdet_apps/demo_fit.py`); the detector is fine-tuned from the shapes_cls_r18 "
+        "`make demo` fits the detector iterations to the CPU's measured speed "
+        "(`resdet_apps/demo_fit.py`); the detector is fine-tuned from the shapes_cls_r18 "
         "classifier.",
         "",
         *head,

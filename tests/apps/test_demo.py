@@ -50,6 +50,7 @@ def test_quick_demo_writes_report_and_resumes(tmp_path):
         for key in ("AP", "AP50", "VOC07_mAP", "VOC_area_mAP"):
             assert 0.0 <= summary[run][key] <= 1.0, (run, key, summary[run][key])
     assert 0.0 <= summary["classifier"]["top1_err"] <= 1.0
+    assert summary["machine"]["cores"] >= 1 and summary["machine"]["cpu"]  # what it ran on
     with open(os.path.join(out, "summary.json"), encoding="utf-8") as f:
         assert json.load(f)["pretrained"] == summary["pretrained"]
 

@@ -38,7 +38,12 @@ def test_demo_rows_come_from_the_recorded_summary(zoo, tmp_path):
     assert "| shapes_cls_r18 | val top-1 error % (crops) | 14.8 |" in rows
     assert "35.3 / 57.3 (from scratch: 6.0 / 14.2)" in rows
     assert "56.9 (from scratch: 16.6)" in rows
-    assert "schedule `default`, 1300 detector iterations" in rows  # as the summary says
+    assert "schedule `default`, 1300 detector iterations on a 2-core CPU" in rows  # as it says
+    # A summary that names its machine (the demo's since it records one) puts it there.
+    machine = {"cpu": "AMD EPYC", "isa": ["avx2", "fma"], "cores": 2}
+    zoo.save_demo_results(_summary(tmp_path, machine=machine), dest)
+    rows = "\n".join(zoo.demo_rows(dest))
+    assert "1300 detector iterations on AMD EPYC (2 cores, flags avx2 fma)" in rows
 
 
 def test_an_unfinished_summary_is_refused(zoo, tmp_path):
