@@ -223,6 +223,11 @@ class Predictor:
                     f"count: set MODEL.ROI_HEADS.NUM_CLASSES for {weights}"
                 )
             cfg.MODEL.ROI_HEADS.NUM_CLASSES = int(stored["NUM_CLASSES"])
+        if cfg.INPUT.MAX_IMAGE_PIXELS < 0:
+            raise ValueError(
+                f"INPUT.MAX_IMAGE_PIXELS is {cfg.INPUT.MAX_IMAGE_PIXELS}; expected a pixel "
+                "count, or 0 for no limit"
+            )
         if score_thresh is not None:
             cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(score_thresh)
         self.cfg = cfg

@@ -32,6 +32,7 @@ from resdet.data.image_io import read_image
 from resdet.data.records import DetectionRecord
 from resdet.engine.checkpoint import load_model_weights
 from resdet.engine.detection import build_test_loader, run_inference
+from resdet.engine.runtime import resolve_device
 from resdet.modeling.detection.build import build_detector
 from resdet.utils.machine import machine_info
 from resdet.utils.plots import plot_curves, plot_detection_curves, read_metrics
@@ -90,7 +91,10 @@ def summarize(
         "fitted": bool(opts.fit),
         "output": opts.output,
         "wall_seconds": round(wall, 1),
-        "machine": {k: v for k, v in machine_info().items() if k in ("cpu", "isa", "cores")},
+        "machine": {
+            **{k: v for k, v in machine_info().items() if k in ("cpu", "isa", "cores")},
+            "device": str(resolve_device(configs["det"].MODEL.DEVICE)),  # the detectors'
+        },
         "steps": steps,
         "classifier": _cls_results(configs["cls"]),
         "report": os.path.join(opts.output, "REPORT.md"),
@@ -329,7 +333,8 @@ def write_report(
         )
         + f"; written {datetime.datetime.now():%Y-%m-%d %H:%M}",
         f"- machine: {m['cpu']} (flags {' '.join(m['isa']) or 'none of note'}), "
-        f"{m['cores']} logical CPUs, no GPU; torch {m['torch']}, "
+        f"{m['cores']} logical CPUs, detectors trained on "
+        f"{resolve_device(configs['det'].MODEL.DEVICE)}; torch {m['torch']}, "
         f"{'detectors under bf16 autocast' if configs['det'].SOLVER.AMP.ENABLED else 'fp32'}, "
         f"{how}",
         f"- wall time of this run: {_fmt_seconds(wall)} before this report (the environment's "

@@ -205,3 +205,5 @@ def test_the_config_limit_on_image_pixels_holds_for_files(checkpoint, tmp_path):
         small(path)  # refused from the header, before decoding
     assert small(_image(60, 80)).image_size == (60, 80)  # arrays are already decoded
     assert Predictor(None, checkpoint[0])(path).image_size == (60, 80)
+    with pytest.raises(ValueError, match="MAX_IMAGE_PIXELS is -1; expected a pixel count"):
+        Predictor(None, checkpoint[0], overrides=["INPUT.MAX_IMAGE_PIXELS", "-1"])

@@ -244,6 +244,8 @@ def demo_rows(path: str = DEMO_RESULTS) -> list[str]:
     iters = f", {r['det_iters']} detector iterations" if r.get("det_iters") else ""
     m = r.get("machine")
     cpu = f"{m['cpu']} ({m['cores']} cores, flags {' '.join(m['isa'])})" if m else "a 2-core CPU"
+    if m and m.get("device", "cpu") != "cpu":
+        cpu += f", detectors trained on {m['device']}"
     return [
         f"`make demo` schedule `{r['schedule']}`{iters} on {cpu}. A schedule's iteration "
         "and precision overrides of these configs are in `resdet_apps/demo.py`, `SCHEDULES`; "

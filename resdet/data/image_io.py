@@ -165,8 +165,10 @@ class DecodedImageCache:
     a crop on the AVX2 EPYC) and nearly all of it for large photos. Images are kept as first
     read until the budget is full, then read from disk as before (no eviction: under uniformly
     shuffled epochs any policy keeps the same fraction). Each data-loader worker holds its own
-    cache (the budget is per process). Cached arrays are made read-only, so a transform that
-    wrote into its input would fail loudly instead of altering later epochs.
+    cache (the budget is per process). Cached arrays are made read-only: numpy and opencv
+    refuse to write into them, so a transform doing so fails loudly instead of altering later
+    epochs; ``torch.from_numpy`` of one only warns, which is why the datasets hand torch a copy
+    (their HWC -> CHW transpose).
     """
 
     def __init__(self, max_bytes: int) -> None:

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import xml.etree.ElementTree as ET
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -73,21 +73,30 @@ def _number(node: ET.Element, path: str) -> float:
     return value
 
 
-def _image_file(images_dir: str, file_id: str, xml_root: ET.Element) -> str:
+def _image_file(
+    images_dir: str, file_id: str, xml_root: ET.Element, listings: Dict[str, Dict[str, str]]
+) -> str:
     """``JPEGImages/<id>.jpg`` as PASCAL VOC has it; in VOC-style folders of other images
-    (LabelImg and CVAT write PNGs there too) the file the xml's ``<filename>`` names, else
-    ``<id>`` with another image extension, whichever exists (the .jpg path when none does, so
-    the error names the file VOC expects)."""
+    (LabelImg and CVAT write PNGs there too) ``<id>`` with another image extension (any case),
+    else the file the xml's ``<filename>`` names in the id's folder, whichever exists first (the
+    .jpg path when none does, so the error names the file VOC expects). ``listings`` caches
+    each folder's names (lower case -> as on disk), read only when the .jpg is missing."""
     default = os.path.join(images_dir, f"{file_id}.jpg")
     if os.path.isfile(default):
         return default
+    folder = os.path.dirname(default)
+    if folder not in listings:
+        try:
+            listings[folder] = {n.lower(): n for n in os.listdir(folder)}
+        except OSError:
+            listings[folder] = {}
+    names = listings[folder]
+    stem = os.path.basename(file_id)
     named = os.path.basename((xml_root.findtext("filename") or "").strip())
-    candidates = [named] if named else []
-    candidates += [file_id + e for ext in IMAGE_EXTENSIONS for e in (ext, ext.upper())]
-    for name in candidates:
-        path = os.path.join(images_dir, name)
-        if os.path.isfile(path):
-            return path
+    for candidate in [stem + ext for ext in IMAGE_EXTENSIONS] + ([named] if named else []):
+        found = names.get(candidate.lower())
+        if found is not None and os.path.isfile(os.path.join(folder, found)):
+            return os.path.join(folder, found)
     return default
 
 
@@ -98,6 +107,7 @@ def _parse_xml(
     images_dir: str,
     file_id: str,
     problems: ProblemLog,
+    listings: Dict[str, Dict[str, str]],
     clipped: ClippedBoxes | None = None,
 ) -> DetectionRecord:
     """One annotation file → record. File-level problems raise; object-level ones go to
@@ -151,7 +161,7 @@ def _parse_xml(
         labels.append(class_to_label[cls])
         difficult.append(diff is not None and (diff.text or "0").strip() == "1")
     return DetectionRecord(
-        file_name=_image_file(images_dir, file_id, root),
+        file_name=_image_file(images_dir, file_id, root, listings),
         image_id=image_id,
         height=height,
         width=width,
@@ -205,6 +215,7 @@ def load_voc(
     skipped_images: List[str] = []
     records: List[DetectionRecord] = []
     clipped = ClippedBoxes(split_file)
+    listings: Dict[str, Dict[str, str]] = {}  # image folder -> its names, read when needed
     for index, file_id in enumerate(ids):
         xml_file = os.path.join(root, "Annotations", f"{file_id}.xml")
         problems = ProblemLog(xml_file, on_error)
@@ -216,6 +227,7 @@ def load_voc(
                 images_dir=os.path.join(root, "JPEGImages"),
                 file_id=file_id,
                 problems=problems,
+                listings=listings,
                 clipped=clipped,
             )
         except DatasetError as e:

@@ -181,7 +181,11 @@ class ConvFrozenBN(nn.Conv2d):
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         shift = bn.bias - bn.running_mean * scale
         bias = shift if self.bias is None else self.bias * scale + shift
-        if torch.is_autocast_enabled(x.device.type) or isinstance(self.padding, str):
+        if (
+            torch.is_autocast_enabled(x.device.type)
+            or isinstance(self.padding, str)
+            or self.padding_mode != "zeros"  # the kernels zero-pad; nn.Conv2d's own call does not
+        ):
             return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), bias)
         if self.winograd and winograd_applies(x, self.weight):
             kernels = (winograd_train_forward, winograd_backward)

@@ -51,6 +51,7 @@ def test_quick_demo_writes_report_and_resumes(tmp_path):
             assert 0.0 <= summary[run][key] <= 1.0, (run, key, summary[run][key])
     assert 0.0 <= summary["classifier"]["top1_err"] <= 1.0
     assert summary["machine"]["cores"] >= 1 and summary["machine"]["cpu"]  # what it ran on
+    assert summary["machine"]["device"] == "cpu"
     with open(os.path.join(out, "summary.json"), encoding="utf-8") as f:
         assert json.load(f)["pretrained"] == summary["pretrained"]
 
@@ -70,7 +71,7 @@ def test_quick_demo_writes_report_and_resumes(tmp_path):
     # Wall time of every step, the machine, the classifier's error, the target check.
     for step in STEPS[:-1]:
         assert re.search(rf"^\| {step} \| .+ \| \d+ s", report, flags=re.M), step
-    assert "logical CPUs" in report and "val top-1 error" in report
+    assert "logical CPUs, detectors trained on cpu" in report and "val top-1 error" in report
     assert "AP50 >= 90: **" in report
 
     _check_png(os.path.join(out, "cls_curves.png"), 400, 300)

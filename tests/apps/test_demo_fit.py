@@ -106,7 +106,7 @@ def test_no_fit_where_the_detectors_train_on_a_gpu(tmp_path, monkeypatch):
     import torch
 
     monkeypatch.setattr(demo_fit, "_classifier_seconds", pytest.fail)  # nothing is timed
-    opts, configs = _configs(tmp_path, det_opts=["MODEL.DEVICE", "cuda"])
+    opts, configs = _configs(tmp_path)  # MODEL.DEVICE auto: a GPU where there is one
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert fitted_det_iters(opts.output, opts.schedule, configs) == 0
     assert not (tmp_path / "o" / demo_fit.FIT_FILE).exists()

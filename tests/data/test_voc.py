@@ -116,17 +116,21 @@ def test_skip_mode_drops_and_lists(tmp_path: Path, caplog) -> None:
     assert "skipped 1 images" in caplog.text and "b.xml: malformed xml" in caplog.text
 
 
-def test_images_other_than_jpg_are_found_by_filename_or_extension(tmp_path: Path) -> None:
+def test_images_other_than_jpg_are_found_by_extension_or_filename(tmp_path: Path) -> None:
     box = [("dog", (2, 3, 9, 8), 0)]
-    named = _xml(16, 12, box).replace("<size>", "<filename>scan_01.png</filename><size>", 1)
-    root = _voc(tmp_path, {"a": _xml(16, 12, box), "b": named, "c": _xml(16, 12, box),
-                           "d": _xml(16, 12, box)})  # fmt: skip
+
+    def named(name: str) -> str:
+        return _xml(16, 12, box).replace("<size>", f"<filename>{name}</filename><size>", 1)
+
+    root = _voc(tmp_path, {"a": _xml(16, 12, box), "b": named("scan_01.png"),
+                           "c": named("stale.png"), "d": _xml(16, 12, box)})  # fmt: skip
     images = Path(root) / "JPEGImages"
     images.mkdir()
-    for name in ("a.jpg", "scan_01.png", "c.PNG"):  # d has no image at all
+    for name in ("a.jpg", "scan_01.png", "c.Png", "stale.png"):  # d has no image at all
         (images / name).write_bytes(b"")
     records, _ = load_voc(root, "2007", "trainval")
     got = [Path(r.file_name).name for r in records]
-    # VOC's own layout first, then the xml's <filename>, then <id> with another extension;
-    # a missing image keeps the .jpg path VOC expects, which the image check then names.
-    assert got == ["a.jpg", "scan_01.png", "c.PNG", "d.jpg"]
+    # VOC's own layout first, then <id> with another extension in any case (before a stale
+    # <filename>), then the xml's <filename>; a missing image keeps the .jpg path VOC expects,
+    # which the image check then names.
+    assert got == ["a.jpg", "scan_01.png", "c.Png", "d.jpg"]

@@ -43,7 +43,10 @@ def test_demo_rows_come_from_the_recorded_summary(zoo, tmp_path):
     machine = {"cpu": "AMD EPYC", "isa": ["avx2", "fma"], "cores": 2}
     zoo.save_demo_results(_summary(tmp_path, machine=machine), dest)
     rows = "\n".join(zoo.demo_rows(dest))
-    assert "1300 detector iterations on AMD EPYC (2 cores, flags avx2 fma)" in rows
+    assert "1300 detector iterations on AMD EPYC (2 cores, flags avx2 fma)." in rows
+    zoo.save_demo_results(_summary(tmp_path, machine={**machine, "device": "cuda:0"}), dest)
+    rows = "\n".join(zoo.demo_rows(dest))
+    assert "(2 cores, flags avx2 fma), detectors trained on cuda:0." in rows
 
 
 def test_an_unfinished_summary_is_refused(zoo, tmp_path):
