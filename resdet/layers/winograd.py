@@ -68,12 +68,14 @@ WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_SIZE = 12
 # NNPACK keeps a workspace as large as the Winograd transforms of its largest call (~3.6x the
 # input and output): images larger than this are convolved in bands of rows, which bounds it
-# (R50-FPN at 800x1333: the 256-channel stride-4 maps, 69 MB, go in 3 bands). Each band
-# costs a kernel transform and two rows of overlap: inference, one image, keeps 32 MB bands
-# (8 MB ones cost R50-FPN ~0.3 s of ~3.5 s on an AVX2 EPYC); training, whose saved
-# activations already fill memory, takes 8 MB ones (peak RSS of a batch-2 R50-FPN step 3223
-# against 3281 MB with 32 MB bands, at the same speed there).
-WINOGRAD_BAND_BYTES = 32 << 20
+# (R50-FPN at 800x1333: the 256-channel stride-4 maps, 69 MB, go in 5 bands). Each band
+# costs a kernel transform and two rows of overlap: inference, one image, takes 16 MB bands
+# (R50-FPN on an AVX2 EPYC, one process each, alternating: 4.06 s and 1495-1558 MB peak RSS,
+# against 4.21 s and 1611-1637 MB with 32 MB bands, 4.65 s with 8 MB ones; torchvision's
+# R50-FPN 1520-1561 MB); training, whose saved activations already fill memory, takes 8 MB
+# ones (peak RSS of a batch-2 R50-FPN step 3223 against 3281 MB with 32 MB bands, at the same
+# speed there).
+WINOGRAD_BAND_BYTES = 16 << 20
 WINOGRAD_TRAIN_BAND_BYTES = 8 << 20
 
 
