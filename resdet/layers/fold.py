@@ -34,14 +34,13 @@ import torch
 import torch.nn as nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from resdet.layers.gemm import gemm_applies, gemm_backward, gemm_forward, undo_gemm_training_
+from resdet.layers.gemm import GEMM_KERNELS, gemm_applies, undo_gemm_training_
 from resdet.layers.kernel_function import conv2d_kernels, kernel_autograd
 from resdet.layers.replace import conv_sharing, replace_children, share_buffers
 from resdet.layers.winograd import (
+    WINOGRAD_TRAINING_KERNELS,
     undo_winograd_training_,
     winograd_applies,
-    winograd_backward,
-    winograd_train_forward,
 )
 
 __all__ = [
@@ -188,9 +187,9 @@ class ConvFrozenBN(nn.Conv2d):
         ):
             return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), bias)
         if self.winograd and winograd_applies(x, self.weight):
-            kernels = (winograd_train_forward, winograd_backward)
+            kernels = WINOGRAD_TRAINING_KERNELS
         elif self.gemm and gemm_applies(x, self.weight):
-            kernels = (gemm_forward, gemm_backward)
+            kernels = GEMM_KERNELS
         else:
             kernels = conv2d_kernels(self)
         # W * s is recomputed in the backward instead of kept (KernelConv2dFunction).

@@ -30,6 +30,7 @@ from resdet.layers.kernel_function import KernelConv2d, kernel_autograd, kernel_
 from resdet.layers.replace import switch_convs_, unswitch_convs_
 
 __all__ = [
+    "GEMM_KERNELS",
     "GEMM_MIN_PIXELS",
     "GemmConv2d",
     "gemm_applies",
@@ -123,12 +124,16 @@ def gemm_backward(
     return grad_x, None if grad_w is None else grad_w.view_as(weight)
 
 
+# The (forward, backward) pair of a call (kernel_function's Forward / Backward).
+GEMM_KERNELS = (gemm_forward, gemm_backward)
+
+
 def gemm_autograd(
     x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
     """``conv2d(x, weight, bias)`` for a 1x1 stride-1 kernel, forward and both gradients as
     GEMMs on the NCHW data, for any call (:func:`gemm_conv2d` picks where it applies)."""
-    return kernel_autograd(x, weight, bias, gemm_forward, gemm_backward)
+    return kernel_autograd(x, weight, bias, *GEMM_KERNELS)
 
 
 def gemm_conv2d(

@@ -1,11 +1,12 @@
-"""The autograd Function of the NCHW convolution kernels outside oneDNN: NNPACK's Winograd 3x3
-(:mod:`resdet.layers.winograd`) and BLAS GEMM 1x1 (:mod:`resdet.layers.gemm`).
+"""The autograd Function of the training convolution kernels: NNPACK's Winograd 3x3
+(:mod:`resdet.layers.winograd`), BLAS GEMM 1x1 (:mod:`resdet.layers.gemm`) and, for the folded
+frozen BN, ``F.conv2d`` itself (:func:`conv2d_kernels`).
 
 Each kernel supplies a forward and its own input and weight gradients; :func:`kernel_autograd`
 is the one place they become a differentiable convolution (of ``weight``, or of ``weight``
 scaled per output channel: the on-the-fly folded frozen BN of :mod:`resdet.layers.fold`), and
 :func:`kernel_conv2d` falls back to ``F.conv2d`` for calls the kernel does not take (CUDA,
-autocast, small maps). :func:`conv2d_kernels` is the same pair for ``F.conv2d`` itself.
+autocast, small maps).
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ from resdet.layers.replace import switch_convs_, unswitch_convs_
 __all__ = [
     "WINOGRAD_BAND_BYTES",
     "WINOGRAD_TRAIN_BAND_BYTES",
+    "WINOGRAD_TRAINING_KERNELS",
     "WinogradConv2d",
     "undo_winograd_training_",
     "winograd_applies",
@@ -222,7 +223,7 @@ def winograd_autograd(
     """``conv2d(x, weight, bias, padding=1)`` for a 3x3 kernel, forward and input gradient as
     Winograd convolutions (NNPACK), weight gradient by :func:`winograd_weight_grad`, for any
     call (:func:`winograd_conv2d` picks where it applies)."""
-    return kernel_autograd(x, weight, bias, winograd_train_forward, winograd_backward)
+    return kernel_autograd(x, weight, bias, *WINOGRAD_TRAINING_KERNELS)
 
 
 def winograd_backward(
@@ -239,6 +240,10 @@ def winograd_backward(
         flipped = weight.flip(2, 3).transpose(0, 1).contiguous()
         grad_x = _per_image(grad, flipped, None, WINOGRAD_TRAIN_BAND_BYTES)
     return grad_x, grad_w
+
+
+# The (forward, backward) pair of a training call (kernel_function's Forward / Backward).
+WINOGRAD_TRAINING_KERNELS = (winograd_train_forward, winograd_backward)
 
 
 def winograd_conv2d(
