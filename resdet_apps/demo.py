@@ -101,9 +101,9 @@ SCHEDULES: Dict[str, Schedule] = {
         scratch=list(_SCRATCH),
         eval_images=100,
     ),
-    # Longer fp32 runs aimed at the accuracy targets (AP50 >= 0.90, AP >= 0.60): the old
-    # recipe's 3,000 x 4 images took 16 minutes on a 2-core AMX Xeon; ~35 on a 2-core AVX2
-    # EPYC from its measured step times.
+    # Longer fp32 runs aimed at the accuracy targets (AP50 >= 0.90, AP >= 0.60): 30 minutes
+    # on a 2-core AVX2 EPYC (data already generated), pretrained AP 69.5 / AP50 91.7, from
+    # scratch 66.9 / 89.1.
     "long": Schedule(
         cls=["SOLVER.MAX_ITER", "2400", "TEST.EVAL_PERIOD", "400"],
         det=["SOLVER.MAX_ITER", "6000", "TEST.EVAL_PERIOD", "1000", "SOLVER.WARMUP_ITERS", "200"],
