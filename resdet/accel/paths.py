@@ -45,8 +45,8 @@ def training_paths_(
     ``fold``: frozen BN applied to the weights on the fly
     (:func:`~resdet.layers.fold.fold_frozen_bn_training_`); ``winograd``: the NCHW kernels
     outside oneDNN, 3x3 stride-1 convolutions as Winograd convolutions
-    (:func:`~resdet.layers.winograd.winograd_training_`) and 1x1 stride-1 ones as GEMMs
-    (:func:`~resdet.layers.gemm.gemm_training_`); ``channels_last``: NHWC
+    (:func:`~resdet.layers.winograd.winograd_training_`) and 1x1 ones as GEMMs (strided ones
+    on the subsampled input, :func:`~resdet.layers.gemm.gemm_training_`); ``channels_last``: NHWC
     (:func:`to_channels_last`). Returns how many convolutions each switch changed
     (``{"fold": n, "winograd": n, "gemm": n}``).
     """

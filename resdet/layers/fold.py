@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from resdet.layers.gemm import GEMM_KERNELS, gemm_applies, undo_gemm_training_
+from resdet.layers.gemm import GEMM_KERNELS, gemm_input, undo_gemm_training_
 from resdet.layers.kernel_function import conv2d_kernels, kernel_autograd
 from resdet.layers.replace import conv_sharing, replace_children, share_buffers
 from resdet.layers.winograd import (
@@ -188,8 +188,8 @@ class ConvFrozenBN(nn.Conv2d):
             return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), bias)
         if self.winograd and winograd_applies(x, self.weight):
             kernels = WINOGRAD_TRAINING_KERNELS
-        elif self.gemm and gemm_applies(x, self.weight):
-            kernels = GEMM_KERNELS
+        elif self.gemm and (sub := gemm_input(self, x, self.weight)) is not None:
+            x, kernels = sub, GEMM_KERNELS  # a strided call's input is subsampled
         else:
             kernels = conv2d_kernels(self)
         # W * s is recomputed in the backward instead of kept (KernelConv2dFunction).

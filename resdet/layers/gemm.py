@@ -7,7 +7,11 @@ blocked layout, reordering the input and the output on every call: in an R50-FPN
 on an AVX2 CPU (NCHW, the Winograd path) its 1x1 convolutions ran at a third of the GEMM rate.
 As BLAS calls on the data as it lies, forward + backward run 1.8-2.0x faster on maps of 50x84
 pixels and more (measured, ``BENCHMARKS.md``); on smaller maps oneDNN's call is as fast or
-faster, so maps under :data:`GEMM_MIN_PIXELS` keep ``F.conv2d``.
+faster, so maps under :data:`GEMM_MIN_PIXELS` keep ``F.conv2d``. In training a strided 1x1
+convolution (a ResNet's projection shortcut) is the same GEMMs on the subsampled input,
+``x[:, :, ::s, ::s]`` (:func:`gemm_input`): forward + backward 1.6-1.9x faster than oneDNN's
+strided call on res3's and res4's shortcuts of an 800x1333 R50, the training step 4% (AVX2,
+``BENCHMARKS.md``).
 
 The forward also reads a channels_last input without a copy (its ``[H*W, C]`` rows are the
 transposed matrix BLAS takes) and always writes NCHW: :class:`resdet.layers.fuse.Conv1x1NCHW`
@@ -20,11 +24,13 @@ winograd_training_`; which path runs is :mod:`resdet.accel`'s decision.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from resdet.layers.kernel_function import KernelConv2d, kernel_autograd, kernel_conv2d
 from resdet.layers.replace import switch_convs_, unswitch_convs_
@@ -39,6 +45,7 @@ __all__ = [
     "gemm_can",
     "gemm_conv2d",
     "gemm_forward",
+    "gemm_input",
     "gemm_shape",
     "gemm_training_",
     "undo_gemm_training_",
@@ -51,12 +58,13 @@ logger = logging.getLogger(__name__)
 GEMM_MIN_PIXELS = 2048
 
 
-def gemm_shape(conv: nn.Conv2d) -> bool:
-    """Whether ``conv`` is a convolution this path computes: 1x1, stride 1, no padding or
+def gemm_shape(conv: nn.Conv2d, strided: bool = False) -> bool:
+    """Whether ``conv`` is a convolution this path computes: 1x1, stride 1 (any stride with
+    ``strided``: training subsamples the input first, :func:`gemm_input`), no padding or
     groups."""
     return (
         tuple(conv.kernel_size) == (1, 1)
-        and tuple(conv.stride) == (1, 1)
+        and (strided or tuple(conv.stride) == (1, 1))
         and conv.padding in ((0, 0), [0, 0])
         and conv.groups == 1
     )
@@ -76,6 +84,17 @@ def gemm_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether this call goes through the GEMMs: :func:`gemm_can`, and a map of at least
     :data:`GEMM_MIN_PIXELS` pixels (where they are faster than oneDNN)."""
     return gemm_can(x, weight) and x.shape[-2] * x.shape[-1] >= GEMM_MIN_PIXELS
+
+
+def gemm_input(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.Tensor]:
+    """What the GEMMs read for ``conv``'s call on ``x`` (1x1, no padding): ``x`` at stride 1,
+    else a contiguous copy of the pixels the stride lands on, ``x[:, :, ::sh, ::sw]`` (autograd
+    scatters its gradient back); None where they do not apply (:func:`gemm_applies`)."""
+    sh, sw = conv.stride
+    sub = x if sh == sw == 1 else x[:, :, ::sh, ::sw]
+    if not gemm_applies(sub, weight):
+        return None
+    return sub if sub is x else sub.contiguous()
 
 
 def _rows(image: torch.Tensor) -> torch.Tensor:
@@ -147,20 +166,29 @@ def gemm_conv2d(
 
 
 class GemmConv2d(KernelConv2d):
-    """An ``nn.Conv2d`` of :func:`gemm_shape` computed by :func:`gemm_conv2d`."""
+    """An ``nn.Conv2d`` of :func:`gemm_shape` (strided too) computed by :func:`gemm_conv2d` on
+    :func:`gemm_input`."""
 
     gemm = True
     kernel = staticmethod(gemm_conv2d)
 
+    def _conv_forward(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        sub = gemm_input(self, x, weight)
+        if sub is None:
+            return F.conv2d(x, weight, bias, self.stride)
+        return gemm_conv2d(sub, weight, bias)
+
 
 def gemm_training_(model: nn.Module) -> List[str]:
-    """Run ``model``'s 1x1 stride-1 convolutions (:func:`gemm_shape`) through
-    :func:`gemm_autograd`, in place; returns their names. As
+    """Run ``model``'s 1x1 convolutions (:func:`gemm_shape`, strided ones on
+    :func:`gemm_input`) through :func:`gemm_autograd`, in place; returns their names. As
     :func:`~resdet.layers.winograd.winograd_training_`: plain convolutions become
     :class:`GemmConv2d` around the same parameters, a convolution with a ``gemm`` flag of its
     own (the on-the-fly folded one) gets it set; calls the GEMMs do not take run ``F.conv2d``.
     """
-    names = switch_convs_(model, "gemm", gemm_shape, GemmConv2d)
+    names = switch_convs_(model, "gemm", functools.partial(gemm_shape, strided=True), GemmConv2d)
     logger.debug("GEMM 1x1 convolutions: %s", names)
     return names
 

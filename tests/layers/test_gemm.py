@@ -89,11 +89,11 @@ def test_switch_keeps_keys_outputs_and_gradients(monkeypatch):
     names = gemm_training_(live)
     assert list(live.state_dict()) == keys
     assert [id(p) for p in live.parameters()] == params  # an optimizer built before still fits
-    # 1x1 stride-1 convolutions only: FPN laterals, RPN 1x1s (plain), folded projection
-    # shortcuts of stride 1 (none in R18) - not the strided shortcuts or 3x3 convolutions.
+    # 1x1 convolutions only: FPN laterals, RPN 1x1s (plain), the folded projection shortcuts
+    # (stride 2 in R18: on the subsampled input) - not the 3x3 convolutions.
     assert "backbone.lateral.0" in names and "rpn.head.objectness" in names
     assert isinstance(live.backbone.lateral[0], GemmConv2d)
-    assert "backbone.bottom_up.layer2.0.downsample.0" not in names  # stride 2
+    assert "backbone.bottom_up.layer2.0.downsample.0" in names  # stride 2
     assert not any(n.endswith("conv1") or n.endswith("conv2") for n in names)
     calls = []
     real = gemm.gemm_forward
@@ -142,3 +142,37 @@ def test_training_paths_switch_both_nchw_kernels():
     done = training_paths_(model, fold=True, winograd=True)
     assert done["gemm"] > 0 and done["winograd"] > 0
     assert isinstance(model.rpn.head.objectness, GemmConv2d)
+
+
+@pytest.mark.parametrize("folded", [False, True])
+@pytest.mark.parametrize("side", [9, 101])  # subsampled: 5x5 (oneDNN's call), 51x51 (GEMMs)
+def test_strided_one_by_one_convolution_subsamples_for_the_gemms(monkeypatch, folded, side):
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    bn = FrozenBatchNorm2d(8)
+    bn.weight.uniform_(0.5, 2.0)
+    bn.running_var.uniform_(0.5, 2.0)
+    plain = nn.Sequential(nn.Conv2d(4, 8, 1, stride=2, bias=not folded), bn)
+    live = copy.deepcopy(plain)
+    if folded:
+        fold_frozen_bn_training_(live)
+        assert isinstance(live[0], ConvFrozenBN)
+    assert gemm_training_(live) == ["0"] and live[0].gemm
+    calls = []
+    real = gemm.gemm_forward
+    monkeypatch.setattr(gemm, "gemm_forward", lambda *a: calls.append(a[0].shape) or real(*a))
+    if folded:  # fold.py holds the kernels' pair as imported
+        monkeypatch.setattr(
+            "resdet.layers.fold.GEMM_KERNELS", (gemm.gemm_forward, gemm.gemm_backward)
+        )
+    x = torch.randn(2, 4, side, side, requires_grad=True)
+    outs = [m(x) for m in (plain, live)]
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    sub = (side + 1) // 2
+    assert calls == ([torch.Size([2, 4, sub, sub])] if sub * sub >= GEMM_MIN_PIXELS else [])
+    g = torch.randn_like(outs[0])
+    want = torch.autograd.grad(outs[0], (x, plain[0].weight), g)
+    got = torch.autograd.grad(outs[1], (x, live[0].weight), g)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
