@@ -167,10 +167,9 @@ def gemm_conv2d(
 
 class GemmConv2d(KernelConv2d):
     """An ``nn.Conv2d`` of :func:`gemm_shape` (strided too) computed by :func:`gemm_conv2d` on
-    :func:`gemm_input`."""
+    :func:`gemm_input` (its own ``_conv_forward``: the input is subsampled before the call)."""
 
     gemm = True
-    kernel = staticmethod(gemm_conv2d)
 
     def _conv_forward(
         self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
