@@ -80,6 +80,9 @@ class ROIHeadsConfig:
     # RoIAlign's half-pixel offset (detectron2's ROIAlignV2). None = the head's own default:
     # True for C4, False for FPN (torchvision's MultiScaleRoIAlign).
     POOLER_ALIGNED: Optional[bool] = None
+    # FPN: a box of this side (sqrt(area), input pixels) is pooled from p4, each halving of it
+    # one level lower, within the head's levels (the FPN paper's 224: ImageNet's crop size).
+    POOLER_CANONICAL_SIZE: int = 224
     BATCH_SIZE_PER_IMAGE: int = 512
     POSITIVE_FRACTION: float = 0.25
     IOU_THRESHOLD: float = 0.5

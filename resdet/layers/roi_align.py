@@ -283,8 +283,9 @@ class MultiScaleRoIAlign(_TorchvisionMultiScaleRoIAlign):
 
     ``aligned=True`` adds RoIAlign's half-pixel offset (detectron2's ROIAlignV2), which
     torchvision's class does not offer; the level of each box is torchvision's
-    ``floor(4 + log2(sqrt(area) / 224) + 1e-6)`` either way (detectron2 adds its 1e-8 inside
-    the log: the two differ only for boxes within ~1e-6 of a level boundary).
+    ``floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)`` either way, by
+    default ``floor(4 + log2(sqrt(area) / 224) + 1e-6)`` (detectron2 adds its 1e-8 inside the
+    log: the two differ only for boxes within ~1e-6 of a level boundary).
     """
 
     def __init__(
@@ -294,8 +295,16 @@ class MultiScaleRoIAlign(_TorchvisionMultiScaleRoIAlign):
         sampling_ratio: int,
         *,
         aligned: bool = False,
+        canonical_scale: int = 224,
+        canonical_level: int = 4,
     ) -> None:
-        super().__init__(featmap_names, output_size, sampling_ratio)
+        super().__init__(
+            featmap_names,
+            output_size,
+            sampling_ratio,
+            canonical_scale=canonical_scale,
+            canonical_level=canonical_level,
+        )
         self.aligned = aligned
 
     def forward(  # type: ignore[override]

@@ -90,6 +90,23 @@ def test_multiscale_pooler_matches_torchvision():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
 
 
+@pytest.mark.parametrize("canonical", [224, 56])
+def test_multiscale_pooler_canonical_size_moves_boxes_up_the_levels(canonical):
+    # ROI_HEADS.POOLER_CANONICAL_SIZE: a box of that side goes to p4, each halving one lower.
+    torch.manual_seed(0)
+    feats = {
+        f"p{i}": torch.randn(1, 3, 256 >> i, 256 >> i, requires_grad=True) for i in (2, 3, 4, 5)
+    }
+    sides = torch.tensor([20.0, 40.0, 60.0, 120.0])
+    boxes = [torch.cat([torch.full((4, 2), 8.0), 8.0 + sides[:, None].expand(4, 2)], 1)]
+    ours = MultiScaleRoIAlign(list(feats), 7, 0, canonical_scale=canonical)
+    ref = torchvision.ops.MultiScaleRoIAlign(list(feats), 7, 0, canonical_scale=canonical)
+    out = ours(feats, boxes, [(256, 256)])  # the gradient path: our own level loop
+    torch.testing.assert_close(out, ref(feats, boxes, [(256, 256)]), rtol=0, atol=0)
+    levels = [int(v) for v in ours.map_levels(boxes)]  # 0 = p2
+    assert levels == ([0, 0, 0, 1] if canonical == 224 else [0, 1, 2, 3])
+
+
 def test_function_keeps_torchvisions_backward_signature():
     # Six forward arguments, gradient only for the feature map.
     x = torch.randn(1, 2, 8, 8, requires_grad=True)

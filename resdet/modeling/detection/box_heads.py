@@ -118,10 +118,15 @@ class FPNBoxHead(BoxHead):
         sampling_ratio: int = 0,
         fc_dim: int = 1024,
         aligned: bool = False,
+        canonical_size: int = 224,
     ) -> None:
         super().__init__()
         self.pooler = MultiScaleRoIAlign(
-            list(in_features), resolution, sampling_ratio, aligned=aligned
+            list(in_features),
+            resolution,
+            sampling_ratio,
+            aligned=aligned,
+            canonical_scale=canonical_size,
         )
         self.fc1 = nn.Linear(in_channels * resolution * resolution, fc_dim)
         self.fc2 = nn.Linear(fc_dim, fc_dim)

@@ -80,6 +80,7 @@ def _fpn_head(cfg: Config, backbone: Backbone) -> FPNBoxHead:
         sampling_ratio=r.POOLER_SAMPLING_RATIO,
         fc_dim=r.FC_DIM,
         aligned=_aligned(cfg, False),
+        canonical_size=r.POOLER_CANONICAL_SIZE,
     )
 
 
