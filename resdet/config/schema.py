@@ -179,7 +179,7 @@ class SolverConfig:
     WEIGHT_DECAY_BIAS: float = 0.0
     IMS_PER_BATCH: int = 16  # global batch (split across ranks)
     MAX_ITER: int = 90000
-    LR_SCHEDULER: str = "multistep"  # "multistep", "cosine" or "plateau"
+    LR_SCHEDULER: str = "multistep"  # "multistep", "cosine", "linear" (to 0) or "plateau"
     STEPS: List[int] = field(default_factory=lambda: [60000, 80000])
     GAMMA: float = 0.1
     WARMUP_ITERS: int = 1000

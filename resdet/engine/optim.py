@@ -6,6 +6,7 @@ loop calls ``scheduler.step()`` once after every optimizer step.
 
 - ``multistep``: ``GAMMA ** (number of STEPS <= i)``.
 - ``cosine``: half a cosine from 1 to 0 over ``max_iter``.
+- ``linear``: a straight line from 1 to 0 over ``max_iter``.
 - ``plateau``: the paper's ImageNet rule, "divided by 10 when the error plateaus" (Sec. 3.4):
   ``GAMMA`` once the validation metric has not improved for ``PLATEAU_PATIENCE`` evaluations
   (:class:`PlateauLR`, fed by :meth:`PlateauLR.report`).
@@ -129,7 +130,7 @@ def _warmup(warmup_iters: int, warmup_factor: float) -> Callable[[int], float]:
 
 
 def lr_factor_fn(solver: SolverConfig, max_iter: int) -> Callable[[int], float]:
-    """``iteration -> lr / BASE_LR`` for "multistep" and "cosine" (warm-up included).
+    """``iteration -> lr / BASE_LR`` for "multistep", "cosine" and "linear" (warm-up included).
 
     Raises:
         ValueError: unknown schedule name or STEPS not increasing.
@@ -146,9 +147,11 @@ def lr_factor_fn(solver: SolverConfig, max_iter: int) -> Callable[[int], float]:
         return lambda it: warm(it) * gamma ** bisect_right(steps, it)
     if kind == "cosine":
         return lambda it: warm(it) * 0.5 * (1.0 + math.cos(math.pi * min(it, max_iter) / max_iter))
+    if kind == "linear":
+        return lambda it: warm(it) * (1.0 - min(it, max_iter) / max_iter)
     raise ValueError(
         f"SOLVER.LR_SCHEDULER: unknown schedule '{solver.LR_SCHEDULER}'; "
-        "use 'multistep', 'cosine' or 'plateau'"
+        "use 'multistep', 'cosine', 'linear' or 'plateau'"
     )
 
 
@@ -308,7 +311,7 @@ class WarmupUntilTrainError:
 def build_lr_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, max_iter: int) -> Any:
     """The per-iteration scheduler described by ``cfg.SOLVER`` (see the module docstring).
 
-    Returns a ``LambdaLR`` ("multistep", "cosine") or :class:`PlateauLR`, wrapped in
+    Returns a ``LambdaLR`` ("multistep", "cosine", "linear") or :class:`PlateauLR`, wrapped in
     :class:`WarmupUntilTrainError` when ``SOLVER.WARMUP_UNTIL_TRAIN_ERR > 0``.
     """
     s = cfg.SOLVER

@@ -133,6 +133,25 @@ def test_cosine_values():
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
+def test_linear_values_with_warmup():
+    cfg = _cfg(BASE_LR=0.2, WARMUP_ITERS=10, WARMUP_FACTOR=0.1, LR_SCHEDULER="linear")
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.2)
+    lrs = _lrs(build_lr_scheduler(cfg, opt, 100), opt, 100)
+    assert lrs[0] == pytest.approx(0.2 * 0.1)  # warm-up times the line's 1.0
+    assert lrs[5] == pytest.approx(0.2 * (0.1 * 0.5 + 0.5) * 0.95)
+    assert lrs[50] == pytest.approx(0.1) and lrs[75] == pytest.approx(0.05)
+    assert lrs[99] == pytest.approx(0.002)
+    assert all(a > b for a, b in zip(lrs[10:], lrs[11:]))  # after warm-up: falls every step
+
+
+def test_unknown_schedule_names_the_choices():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    with pytest.raises(ValueError, match="'multistep', 'cosine', 'linear' or 'plateau'"):
+        build_lr_scheduler(_cfg(LR_SCHEDULER="triangle"), opt, 10)
+
+
 def test_scheduler_state_loads_with_weights_only_and_continues():
     cfg = _cfg(BASE_LR=0.1, WARMUP_ITERS=0, STEPS="[5]")
     p = nn.Parameter(torch.zeros(1))
