@@ -167,7 +167,7 @@ def _verdict(ok: bool) -> str:
 
 
 def check_targets(results: Dict[str, Any]) -> List[Dict[str, str]]:
-    """The issue's targets against what was measured (only those the run has data for)."""
+    """The project's targets against what was measured (only those the run has data for)."""
     out: List[Dict[str, str]] = []
     note = (
         ""
@@ -193,7 +193,7 @@ def check_targets(results: Dict[str, Any]) -> List[Dict[str, str]]:
     # The deployment runtimes on resdet's own export: the fastest native fp32 path against each.
     native = _best(rows, "r50_fpn")
     for runtime, goal in (("openvino", 1.0), ("onnxruntime", 1.2)):
-        peer = next((r for r in rows if r.get("runtime") == runtime), None)
+        peer = next((r for r in rows if r["model"] == f"r50_fpn@{runtime}"), None)
         if native and peer:
             speed = peer["wall"]["median"] / native["wall"]["median"]
             out.append({"target": f"R50-FPN native inference >= {goal}x {peer['model']}" + note,

@@ -2,7 +2,7 @@
 
 - :func:`~resdet.engine.trainer.train_loop`: one readable loop; behaviour is added by hooks
   (:mod:`resdet.engine.hooks`).
-- :mod:`resdet.engine.optim`: parameter groups, warm-up + multistep / cosine / plateau
+- :mod:`resdet.engine.optim`: parameter groups, warm-up + multistep / cosine / linear / plateau
   schedules, the ResNet-110 warm-up-until-error wrapper.
 - :mod:`resdet.engine.checkpoint`: atomic saves, exact resume;
   :mod:`resdet.engine.model_weights`: reading checkpoints, loading weights into a model.

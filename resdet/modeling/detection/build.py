@@ -72,6 +72,11 @@ def _c4_head(cfg: Config, backbone: Backbone) -> C4BoxHead:
 def _fpn_head(cfg: Config, backbone: Backbone) -> FPNBoxHead:
     r = cfg.MODEL.ROI_HEADS
     first = _input_shapes(backbone, r.IN_FEATURES, "MODEL.ROI_HEADS.IN_FEATURES")[0]
+    if r.POOLER_CANONICAL_SIZE <= 0:
+        raise ValueError(
+            "MODEL.ROI_HEADS.POOLER_CANONICAL_SIZE must be > 0 (pixels), "
+            f"got {r.POOLER_CANONICAL_SIZE}"
+        )
     return FPNBoxHead(
         r.IN_FEATURES,
         in_channels=first.channels,

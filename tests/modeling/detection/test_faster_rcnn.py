@@ -188,6 +188,18 @@ def test_incompatible_choices_fail_clearly() -> None:
         build_detector(tiny_cfg("resnet", "fpn"))
     with pytest.raises(KeyError, match="did you mean 'resnet_fpn'"):
         build_detector(tiny_cfg(extra=["MODEL.BACKBONE.NAME", "resnet_fpm"]))
+    with pytest.raises(ValueError, match="POOLER_CANONICAL_SIZE must be > 0"):
+        build_detector(
+            tiny_cfg("resnet_fpn", "fpn", ["MODEL.ROI_HEADS.POOLER_CANONICAL_SIZE", "0"])
+        )
+
+
+def test_pooler_canonical_size_reaches_the_fpn_pooler() -> None:
+    model = build_detector(
+        tiny_cfg("resnet_fpn", "fpn", ["MODEL.ROI_HEADS.POOLER_CANONICAL_SIZE", "56"])
+    )
+    pooler = model.roi_heads.box_head.pooler
+    assert (pooler.canonical_scale, pooler.canonical_level) == (56, 4)
 
 
 # --- overfit: the whole detector learns 4 synthetic images -----------------------------
