@@ -31,6 +31,7 @@ from resdet.data.records import DatasetError
 from resdet.engine.amp import autocast_factory
 from resdet.engine.checkpoint import load_checkpoint, load_model_weights
 from resdet.engine.runtime import resolve_device
+from resdet.evaluation.tta import DetectorWithTTA
 from resdet.modeling.detection.build import build_detector
 
 logger = logging.getLogger(__name__)
@@ -253,11 +254,20 @@ class Predictor:
         self.transform = build_det_transforms(
             cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, 0.0, is_train=False
         )
+        # TEST.AUG.ENABLED: answer with the fused detections of the test-time views (one
+        # forward pass per view; the images go in unresized, each view resizes them).
+        self.tta = (
+            DetectorWithTTA.from_config(self.inference_model, cfg) if cfg.TEST.AUG.ENABLED else None
+        )
 
     def preprocess(self, image: Any) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        """``(uint8[3, H', W'] resized RGB tensor, (H, W) original size)``."""
+        """``(uint8[3, H', W'] resized RGB tensor, (H, W) original size)``; with test-time
+        augmentation the tensor keeps the original size (each view resizes it)."""
         source = str(image) if isinstance(image, (str, os.PathLike)) else "image"
         rgb = to_rgb_uint8(image, source, self.cfg.INPUT.MAX_IMAGE_PIXELS)
+        if self.tta is not None:
+            tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+            return tensor, (int(rgb.shape[0]), int(rgb.shape[1]))
         resized, _, _ = self.transform(rgb, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
         tensor = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)
         return tensor, (int(rgb.shape[0]), int(rgb.shape[1]))
@@ -281,6 +291,13 @@ class Predictor:
         batch_size = batch_size or self.batch_size
         divisor = max(1, int(getattr(self.model, "size_divisibility", 1)))
         out: List[Detections] = []
+        if self.tta is not None:  # one image a pass: views of other images never pad it
+            for im in images:
+                tensor, size = self.preprocess(im)
+                with self._autocast():
+                    det = self.tta([{"image": tensor, "orig_size": size}])[0]
+                out.append(self._detections(det, size))
+            return out
         for start in range(0, len(images), batch_size):
             inputs = [self.preprocess(im) for im in images[start : start + batch_size]]
             groups: Dict[Tuple[int, int], List[int]] = {}

@@ -207,3 +207,22 @@ def test_the_config_limit_on_image_pixels_holds_for_files(checkpoint, tmp_path):
     assert Predictor(None, checkpoint[0])(path).image_size == (60, 80)
     with pytest.raises(ValueError, match="MAX_IMAGE_PIXELS is -1; expected a pixel count"):
         Predictor(None, checkpoint[0], overrides=["INPUT.MAX_IMAGE_PIXELS", "-1"])
+
+
+def test_test_time_augmentation_one_view_is_the_plain_answer_and_flip_fuses(checkpoint):
+    path, _ = checkpoint
+    image = _image(120, 200, seed=3)
+    plain = Predictor(None, path, score_thresh=0.2)(image)
+    one_view = ["TEST.AUG.ENABLED", "True", "TEST.AUG.FLIP", "False"]
+    same = Predictor(None, path, score_thresh=0.2, overrides=one_view)
+    assert same.tta is not None
+    got = same(image)
+    np.testing.assert_allclose(got.boxes, plain.boxes, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got.scores, plain.scores, rtol=1e-5)
+    np.testing.assert_array_equal(got.labels, plain.labels)
+    flip = Predictor(None, path, score_thresh=0.2, overrides=["TEST.AUG.ENABLED", "True"])
+    fused = flip([image, image])
+    assert len(fused) == 2 and len(fused[0]) > 0
+    np.testing.assert_allclose(fused[0].boxes, fused[1].boxes)
+    assert (fused[0].scores > 0.2).all() and (np.diff(fused[0].scores) <= 0).all()
+    assert (fused[0].boxes >= 0).all() and (fused[0].boxes[:, [0, 2]] <= 200).all()

@@ -219,6 +219,22 @@ class SolverConfig:
 
 
 @dataclass
+class TestAugConfig:
+    # Detection: test-time augmentation (resdet.evaluation.tta). Each image is also seen at
+    # the other MIN_SIZES (INPUT.MIN_SIZE_TEST is always the first view) and, with FLIP,
+    # mirrored; the views' detections are fused: a detection's score is its mean over the
+    # views (0 where a view has no same-class box with IoU >= FUSE_IOU), its box the
+    # score-weighted mean of the matched boxes. The final evaluation then reports both the
+    # plain (first view) and the fused metrics ("coco/AP" and "coco_tta/AP"); the Predictor
+    # answers with the fused detections. Costs one forward pass per view.
+    ENABLED: bool = False
+    MIN_SIZES: List[int] = field(default_factory=list)
+    MAX_SIZE: int = 0  # 0: INPUT.MAX_SIZE_TEST
+    FLIP: bool = True
+    FUSE_IOU: float = 0.55
+
+
+@dataclass
 class TestConfig:
     EVAL_PERIOD: int = 0  # 0: evaluate only at the end
     TEN_CROP: bool = False  # classification: also report 10-crop error
@@ -246,6 +262,7 @@ class TestConfig:
     # Score threshold of the report's confusion matrix and galleries; < 0: the threshold
     # that maximises F1 over all classes.
     REPORT_SCORE_THRESH: float = -1.0
+    AUG: TestAugConfig = field(default_factory=TestAugConfig)
 
 
 @dataclass

@@ -37,6 +37,23 @@ def resize_scale(height: int, width: int, size: int, max_size: int) -> float:
     return min(size / min(height, width), max_size / max(height, width))
 
 
+def shortest_edge_size(height: int, width: int, size: int, max_size: int) -> Tuple[int, int]:
+    """``(h, w)`` after resizing the short side to ``size``, the long side at most
+    ``max_size``: ``round(h * scale), round(w * scale)`` (at least 1)."""
+    scale = resize_scale(height, width, size, max_size)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_shortest_edge(
+    image: np.ndarray, size: int, max_size: int, interpolation: int = cv2.INTER_LINEAR
+) -> np.ndarray:
+    """``image`` ``[H, W, C]`` resized as :class:`ShortestEdgeResize` with ``size`` does."""
+    out_hw = shortest_edge_size(image.shape[0], image.shape[1], size, max_size)
+    if image.shape[:2] == out_hw:
+        return image
+    return cv2.resize(image, (out_hw[1], out_hw[0]), interpolation=interpolation)
+
+
 class ShortestEdgeResize(A.DualTransform):
     """Resize so the short side is ``size`` (random among ``min_sizes``) and the long side stays
     ``<= max_size``; aspect ratio kept.
@@ -65,8 +82,7 @@ class ShortestEdgeResize(A.DualTransform):
     ) -> Dict[str, Any]:
         height, width = params["shape"][:2]
         size = self.py_random.choice(self.min_sizes)
-        scale = resize_scale(height, width, size, self.max_size)
-        return {"out_hw": (max(1, round(height * scale)), max(1, round(width * scale)))}
+        return {"out_hw": shortest_edge_size(height, width, size, self.max_size)}
 
     def apply(self, img: np.ndarray, out_hw: Tuple[int, int], **params: Any) -> np.ndarray:
         if img.shape[:2] == tuple(out_hw):

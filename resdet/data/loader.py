@@ -293,17 +293,21 @@ def build_detection_test_loader(
     *,
     distributed: bool = False,
     drop_difficult: bool = False,
+    resize: bool = True,
 ) -> DataLoader:
     """The loader of a detection test set: ``INPUT.MIN/MAX_SIZE_TEST`` resize, no flip, the
-    dataset order, ``TEST.IMS_PER_BATCH`` images a batch.
+    dataset order, ``TEST.IMS_PER_BATCH`` images a batch. ``resize=False`` keeps the images
+    as they are on disk (test-time augmentation resizes each view itself).
 
     With ``DATASETS.ON_ERROR skip`` an unreadable test image becomes a grey one (logged): every
     image id still gets an answer, so an evaluation counts its objects as missed instead of
     failing. ``drop_difficult`` leaves VOC's difficult objects out of the targets (the
     validation loss, like training); evaluation keeps them (the VOC devkit ignores them).
     """
-    transform = build_det_transforms(
-        cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, 0.0, is_train=False
+    transform = (
+        build_det_transforms(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, 0.0, is_train=False)
+        if resize
+        else None
     )
     on_error = "blank" if cfg.DATASETS.ON_ERROR == "skip" else "raise"
     dataset = DetectionDataset(

@@ -37,6 +37,7 @@ from resdet.engine.model_weights import require_checkpoint_file
 from resdet.engine.runner import Task, TaskParts, TrainParts, run_task
 from resdet.engine.val_loss import detection_val_losses
 from resdet.evaluation.coco import COCOEvaluator
+from resdet.evaluation.tta import DetectorWithTTA, tta_views
 from resdet.evaluation.voc import VOCEvaluator
 from resdet.modeling.detection.build import build_detector
 
@@ -95,13 +96,26 @@ def resolve_num_classes(cfg: Config, eval_only: bool = False) -> Config:
 
 
 def build_test_loader(
-    cfg: Config, records: List[DetectionRecord], drop_difficult: bool = False
+    cfg: Config, records: List[DetectionRecord], drop_difficult: bool = False, resize: bool = True
 ) -> DataLoader:
     """The loader of a test set: :func:`resdet.data.loader.build_detection_test_loader` with
     this process's distributed setting."""
     return build_detection_test_loader(
-        cfg, records, distributed=get_world_size() > 1, drop_difficult=drop_difficult
+        cfg,
+        records,
+        distributed=get_world_size() > 1,
+        drop_difficult=drop_difficult,
+        resize=resize,
     )
+
+
+def _numpy_detections(image_id: int, det: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+    return {
+        "image_id": image_id,
+        "boxes": det["boxes"].float().cpu().numpy(),
+        "scores": det["scores"].float().cpu().numpy(),
+        "labels": det["labels"].cpu().numpy(),
+    }
 
 
 @torch.inference_mode()
@@ -111,7 +125,8 @@ def run_inference(
     amp_ctx: Callable[[], ContextManager],
     desc: str = "inference",
 ) -> List[Dict[str, Any]]:
-    """Detections for every image of ``loader`` on this rank, in original-image pixels."""
+    """Detections for every image of ``loader`` on this rank, in original-image pixels
+    (with a test-time augmented model, each also holds the first view's under ``"plain"``)."""
     was_training = model.training
     model.eval()
     out: List[Dict[str, Any]] = []
@@ -120,14 +135,10 @@ def run_inference(
             with amp_ctx():
                 dets = model(batch)
             for x, d in zip(batch, dets):
-                out.append(
-                    {
-                        "image_id": x["image_id"],
-                        "boxes": d["boxes"].float().cpu().numpy(),
-                        "scores": d["scores"].float().cpu().numpy(),
-                        "labels": d["labels"].cpu().numpy(),
-                    }
-                )
+                entry = _numpy_detections(x["image_id"], d)
+                if "plain" in d:
+                    entry["plain"] = _numpy_detections(x["image_id"], d["plain"])
+                out.append(entry)
     finally:
         model.train(was_training)
     return out
@@ -149,31 +160,55 @@ def evaluate_detector(
     test_sets: List[Tuple[str, List[DetectionRecord], DatasetMeta]],
     amp_ctx: Callable[[], ContextManager],
     output_dir: str,
+    tta: bool = False,
 ) -> Dict[str, float]:
     """Run every test set through the model and every evaluator it asks for.
 
     Returns flat float metrics, ``"<evaluator>/<metric>"`` (prefixed with the dataset name
     when there are several test sets), the same on every rank (the evaluators gather the
     detections to rank 0, which computes them); per-class tables are written into
-    ``output_dir`` by rank 0.
+    ``output_dir`` by rank 0. With ``tta`` (``TEST.AUG``: :mod:`resdet.evaluation.tta`) one
+    pass scores both the plain detections (the first view's, as above) and the fused ones,
+    as ``"<evaluator>_tta/<metric>"`` with their files in ``<output_dir>/tta``.
     """
+    for kind in {k for _, _, meta in test_sets for k in evaluator_names(cfg, meta)}:
+        if kind not in EVALUATORS:
+            raise ConfigError(
+                f"TEST.EVALUATORS: unknown '{kind}'; choose from {sorted(EVALUATORS)}"
+            )
     results: Dict[str, float] = {}
     for name, records, meta in test_sets:
-        dets = run_inference(model, build_test_loader(cfg, records), amp_ctx, f"eval {name}")
-        kinds = evaluator_names(cfg, meta)
-        for kind in kinds:
-            if kind not in EVALUATORS:
-                raise ConfigError(
-                    f"TEST.EVALUATORS: unknown '{kind}'; choose from {sorted(EVALUATORS)}"
-                )
-            sub = output_dir if len(test_sets) == 1 else os.path.join(output_dir, name)
-            evaluator = EVALUATORS[kind](records, meta, sub if is_main_process() else None)
-            evaluator.process(dets)
-            metrics = evaluator.evaluate()
-            prefix = f"{kind}/" if len(test_sets) == 1 else f"{name}/{kind}/"
-            results.update(
-                {prefix + k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        sub = output_dir if len(test_sets) == 1 else os.path.join(output_dir, name)
+        if tta:
+            loader = build_test_loader(cfg, records, resize=False)
+            fused = run_inference(
+                DetectorWithTTA.from_config(model, cfg), loader, amp_ctx, f"eval {name} (TTA)"
             )
+            runs = [
+                ("", sub, [d.pop("plain") for d in fused]),
+                ("_tta", os.path.join(sub, "tta"), fused),
+            ]
+        else:
+            runs = [
+                (
+                    "",
+                    sub,
+                    run_inference(model, build_test_loader(cfg, records), amp_ctx, f"eval {name}"),
+                )
+            ]
+        for suffix, folder, dets in runs:
+            for kind in evaluator_names(cfg, meta):
+                evaluator = EVALUATORS[kind](records, meta, folder if is_main_process() else None)
+                evaluator.process(dets)
+                metrics = evaluator.evaluate()
+                prefix = f"{kind}{suffix}/" if len(test_sets) == 1 else f"{name}/{kind}{suffix}/"
+                results.update(
+                    {
+                        prefix + k: float(v)
+                        for k, v in metrics.items()
+                        if isinstance(v, (int, float))
+                    }
+                )
     # Only rank 0 computed the metrics; every rank needs them (plateau LR rule, return value).
     return all_gather_object(results)[0]
 
@@ -204,6 +239,8 @@ def _check_inputs(cfg: Config, weights: str, resuming: bool, eval_only: bool) ->
     if not eval_only:
         check_dataset_entries(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
     check_dataset_entries(cfg.DATASETS.TEST, "DATASETS.TEST")
+    if cfg.TEST.AUG.ENABLED:
+        tta_views(cfg)  # its settings checked now, not after training
 
 
 def _build_model(cfg: Config, device: torch.device) -> nn.Module:
@@ -223,11 +260,17 @@ def _parts(
         records, meta = load_detection_data([name], cfg, train=False)
         test_sets.append((display_name(name), records, meta))
 
-    def evaluate() -> Dict[str, float]:
-        results = evaluate_detector(inference_model(model, cfg), cfg, test_sets, amp_ctx, out)
+    def evaluate(tta: bool = False) -> Dict[str, float]:
+        fast = inference_model(model, cfg)
+        results = evaluate_detector(fast, cfg, test_sets, amp_ctx, out, tta=tta)
         if cfg.TEST.VAL_LOSS and not eval_only:
             results.update(detection_val_losses(model, cfg, test_sets, amp_ctx))
         return results
+
+    def final_eval() -> Dict[str, float]:
+        # Test-time augmentation only here, after training (as detectron2's TEST.AUG): the
+        # periodic evaluations stay one pass.
+        return evaluate(tta=cfg.TEST.AUG.ENABLED)
 
     def train() -> TrainParts:
         records, meta = load_detection_data(cfg.DATASETS.TRAIN, cfg, train=True)
@@ -271,7 +314,9 @@ def _parts(
     def finish() -> None:
         write_reports(cfg, test_sets, out)
 
-    return TaskParts(evaluate if test_sets else None, train, finish=finish)
+    if not test_sets:
+        return TaskParts(None, train, finish=finish)
+    return TaskParts(evaluate, train, final_eval=final_eval, finish=finish)
 
 
 DETECTION = Task(

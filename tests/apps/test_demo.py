@@ -49,6 +49,8 @@ def test_quick_demo_writes_report_and_resumes(tmp_path):
     for run in ("pretrained", "scratch"):
         for key in ("AP", "AP50", "VOC07_mAP", "VOC_area_mAP"):
             assert 0.0 <= summary[run][key] <= 1.0, (run, key, summary[run][key])
+            # The config's test-time augmentation (TEST.AUG): the fused views scored too.
+            assert 0.0 <= summary[run]["tta"][key] <= 1.0, (run, key, summary[run]["tta"])
     assert 0.0 <= summary["classifier"]["top1_err"] <= 1.0
     assert summary["machine"]["cores"] >= 1 and summary["machine"]["cpu"]  # what it ran on
     assert summary["machine"]["device"] == "cpu"
@@ -58,7 +60,8 @@ def test_quick_demo_writes_report_and_resumes(tmp_path):
     report = open(os.path.join(out, "REPORT.md"), encoding="utf-8").read()
     # Both detectors and the gain, as numbers, for every COCO and VOC metric.
     assert "| metric (%) | pretrained | scratch | transfer gain |" in report
-    for title in ("COCO AP", "COCO AP50", "COCO AP75", "VOC07 11-point mAP", "VOC area mAP"):
+    titles = ("COCO AP", "COCO AP50", "COCO AP75", "VOC07 11-point mAP", "VOC area mAP")
+    for title in titles + ("COCO AP, TTA", "COCO AP50, TTA", "VOC07 11-point mAP, TTA"):
         cells = _row(report, title)
         assert len(cells) == 3 and all(re.fullmatch(NUMBER, c) for c in cells), (title, cells)
     for title in ("COCO APs", "COCO APm", "COCO APl"):  # "-": no object of that size in 8 images
@@ -72,7 +75,8 @@ def test_quick_demo_writes_report_and_resumes(tmp_path):
     for step in STEPS[:-1]:
         assert re.search(rf"^\| {step} \| .+ \| \d+ s", report, flags=re.M), step
     assert "logical CPUs, detectors trained on cpu" in report and "val top-1 error" in report
-    assert "AP50 >= 90: **" in report
+    assert "Targets for the pretrained detector, one pass: AP50 >= 90: **" in report
+    assert "Targets for the pretrained detector, TTA: AP50 >= 90: **" in report
 
     _check_png(os.path.join(out, "cls_curves.png"), 400, 300)
     _check_png(os.path.join(out, "det_losses.png"), 800, 500)
@@ -86,6 +90,7 @@ def test_quick_demo_writes_report_and_resumes(tmp_path):
         ev = os.path.join(out, run_dir, "eval")
         for name in ("coco_metrics.json", "coco_per_class.md", "voc_metrics.json"):
             assert os.path.isfile(os.path.join(ev, name)), (run_dir, name)
+            assert os.path.isfile(os.path.join(ev, "tta", name)), (run_dir, "tta", name)
         with open(os.path.join(ev, "coco_results.json"), encoding="utf-8") as f:
             assert {r["image_id"] for r in json.load(f)} <= set(range(1, 9))
 

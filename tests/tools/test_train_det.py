@@ -68,6 +68,22 @@ def test_train_then_eval(tiny, tmp_path) -> None:
     assert results["coco/AP"] == pytest.approx(trained["AP"], abs=1e-6)
     assert 0.0 <= results["voc/mAP07"] <= 1.0
 
+    # Test-time augmentation: one pass scores the plain detections (the same numbers) and the
+    # fused ones, whose files go into tta/.
+    aug = tmp_path / "tta"
+    r = run_tool(["tools/eval_det.py", "--config", cfg, "--weights", weights,
+                  "OUTPUT_DIR", str(aug), "TEST.AUG.ENABLED", "True",
+                  "TEST.AUG.MIN_SIZES", "[64]"], env)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    both = json.loads((aug / "eval_results.json").read_text())
+    for key in ("coco/AP", "coco/AP50", "voc/mAP07"):
+        assert both[key] == pytest.approx(results[key], abs=1e-9), key
+        assert 0.0 <= both[key.replace("/", "_tta/")] <= 1.0
+    fused = json.loads((aug / "tta" / "coco_results.json").read_text())
+    single = json.loads((aug / "coco_results.json").read_text())
+    assert single == json.loads((ev / "coco_results.json").read_text())
+    assert fused and fused != single
+
     # Both ran the folded + fused inference copy (TEST.FAST_INFERENCE); the plain model agrees.
     plain = tmp_path / "plain"
     r = run_tool(["tools/eval_det.py", "--config", cfg, "--weights", weights,
