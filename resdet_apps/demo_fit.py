@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["BUDGET_SECONDS", "fit_iterations", "fitted_det_iters", "FIT_FILE"]
 
 # Training time of the longer chain: the 15 minutes of `make demo` less set-up (a fresh venv:
-# 1.2-2.4 min), data (12-29 s), evaluations (~1 min), report and a margin for a slower hour.
+# 1.2-2.4 min), data (12-29 s), evaluations (~1.5 min with the final one's mirrored view),
+# report and a margin for a slower hour.
 BUDGET_SECONDS = 590.0
 # A real training iteration over the probe's pass (two images of the training size, forward and
 # backward; the real one adds the optimizer step and the data, and shares the machine with the

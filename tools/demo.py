@@ -43,6 +43,12 @@ def _print_summary(s: dict) -> None:
     print("detection (%)        " + "".join(f"{r:>12}" for r in runs))
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "VOC07_mAP", "VOC_area_mAP"):
         print(f"  {key:<18} " + "".join(f"{pct(s[r].get(key)):>12}" for r in runs))
+    if all("tta" in s[r] for r in runs):  # the config's test-time augmentation (TEST.AUG)
+        for key in ("AP", "AP50", "AP75", "VOC07_mAP"):
+            print(
+                f"  {key + ', TTA':<18} "
+                + "".join(f"{pct(s[r]['tta'].get(key)):>12}" for r in runs)
+            )
     print(f"report: {s['report']}")
 
 
