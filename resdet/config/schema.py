@@ -222,15 +222,19 @@ class SolverConfig:
 class TestAugConfig:
     # Detection: test-time augmentation (resdet.evaluation.tta). Each image is also seen at
     # the other MIN_SIZES (INPUT.MIN_SIZE_TEST is always the first view) and, with FLIP,
-    # mirrored; the views' detections are fused: a detection's score is its mean over the
-    # views (0 where a view has no same-class box with IoU >= FUSE_IOU), its box the
-    # score-weighted mean of the matched boxes. The final evaluation then reports both the
-    # plain (first view) and the fused metrics ("coco/AP" and "coco_tta/AP"); the Predictor
-    # answers with the fused detections. Costs one forward pass per view.
+    # mirrored (with DIHEDRAL, rotated too); the views' detections are fused: a detection's
+    # score is its mean over the views (0 where a view has no same-class box with IoU >=
+    # FUSE_IOU), its box the score-weighted mean of the matched boxes. The final evaluation
+    # then reports both the plain (first view) and the fused metrics ("coco/AP" and
+    # "coco_tta/AP"); the Predictor answers with the fused detections. One forward pass per
+    # view.
     ENABLED: bool = False
     MIN_SIZES: List[int] = field(default_factory=list)
     MAX_SIZE: int = 0  # 0: INPUT.MAX_SIZE_TEST
     FLIP: bool = True
+    # All eight symmetries of the square as views (90-degree rotations and their mirrors;
+    # FLIP implied): for data without a natural up, such as aerial or microscope images.
+    DIHEDRAL: bool = False
     FUSE_IOU: float = 0.55
 
 

@@ -2,8 +2,10 @@
 the views' detections fused into one answer.
 
 The views (``TEST.AUG``): ``INPUT.MIN_SIZE_TEST`` first, then the other ``MIN_SIZES``, each
-also mirrored left-right with ``FLIP``. Every view runs the unchanged detector, whose
-detections come back in the original image's pixels (a mirrored view's are mirrored back).
+also mirrored left-right with ``FLIP``, or in all eight orientations of the square with
+``DIHEDRAL`` (transposed, mirrored up-down, left-right: every 90-degree rotation and its
+mirror). Every view runs the unchanged detector, whose detections come back in the original
+image's pixels (a mirrored or rotated view's are mapped back).
 The first view is exactly the plain test transform, so its detections are the plain
 model's: one pass gives both the plain and the fused evaluation.
 
@@ -87,9 +89,19 @@ def fuse_detections(
     return {"boxes": fused_boxes[order], "scores": fused_scores[order], "labels": obj_labels[order]}
 
 
-def tta_views(cfg: Config) -> List[Tuple[int, bool]]:
-    """The views ``TEST.AUG`` asks for, as ``(min_size, flip)``: ``INPUT.MIN_SIZE_TEST``
-    unflipped first (the plain view), then the other sizes, then the mirrored ones.
+# An orientation: (transpose, flip up-down, flip left-right), applied in that order.
+Orientation = Tuple[bool, bool, bool]
+IDENTITY: Orientation = (False, False, False)
+MIRROR: Orientation = (False, False, True)
+DIHEDRAL: List[Orientation] = [
+    (t, v, h) for t in (False, True) for v in (False, True) for h in (False, True)
+]
+
+
+def tta_views(cfg: Config) -> List[Tuple[int, Orientation]]:
+    """The views ``TEST.AUG`` asks for, as ``(min_size, orientation)``: ``INPUT.MIN_SIZE_TEST``
+    as it is first (the plain view), then the other sizes, then each other orientation at
+    every size.
 
     Raises:
         ConfigError: a size <= 0, or ``FUSE_IOU`` outside (0, 1], or ``MAX_SIZE`` < 0.
@@ -105,7 +117,11 @@ def tta_views(cfg: Config) -> List[Tuple[int, bool]]:
         )
     sizes = [int(cfg.INPUT.MIN_SIZE_TEST)]
     sizes += [int(s) for s in aug.MIN_SIZES if int(s) not in sizes]
-    return [(s, False) for s in sizes] + ([(s, True) for s in sizes] if aug.FLIP else [])
+    if aug.DIHEDRAL:
+        orientations = DIHEDRAL
+    else:
+        orientations = [IDENTITY, MIRROR] if aug.FLIP else [IDENTITY]
+    return [(s, o) for o in orientations for s in sizes]
 
 
 class DetectorWithTTA(nn.Module):
@@ -118,7 +134,8 @@ class DetectorWithTTA(nn.Module):
 
     Args:
         model: a detector in eval mode (or its fused inference copy).
-        views: ``(min_size, flip)`` pairs (:func:`tta_views`); the first is the plain view.
+        views: ``(min_size, (transpose, flip up-down, flip left-right))`` pairs
+            (:func:`tta_views`); the first is the plain view.
         max_size: the longer side's cap when resizing.
         fuse_iou, nms_thresh, score_thresh, max_detections: see :func:`fuse_detections`.
     """
@@ -126,7 +143,7 @@ class DetectorWithTTA(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        views: Sequence[Tuple[int, bool]],
+        views: Sequence[Tuple[int, Orientation]],
         *,
         max_size: int,
         fuse_iou: float,
@@ -138,7 +155,7 @@ class DetectorWithTTA(nn.Module):
         if not views:
             raise ValueError("DetectorWithTTA needs at least one view")
         self.model = model
-        self.views = [(int(s), bool(f)) for s, f in views]
+        self.views = [(int(s), tuple(bool(x) for x in o)) for s, o in views]
         self.max_size = int(max_size)
         self.fuse_iou = float(fuse_iou)
         self.nms_thresh = float(nms_thresh)
@@ -160,27 +177,31 @@ class DetectorWithTTA(nn.Module):
             max_detections=r.DETECTIONS_PER_IMAGE,
         )
 
-    def _view_input(self, x: Dict[str, Any], size: int, flip: bool) -> Dict[str, Any]:
+    def _view_input(self, x: Dict[str, Any], size: int, orient: Orientation) -> Dict[str, Any]:
         image = x["image"]
         hwc = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())
-        resized = resize_shortest_edge(hwc, size, self.max_size)
-        if flip:
-            resized = resized[:, ::-1]
-        tensor = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)
-        orig_size = x.get("orig_size") or (int(image.shape[-2]), int(image.shape[-1]))
-        return {"image": tensor, "orig_size": orig_size}
+        view = resize_shortest_edge(hwc, size, self.max_size)
+        h0, w0 = x.get("orig_size") or (int(image.shape[-2]), int(image.shape[-1]))
+        transpose, flip_ud, flip_lr = orient
+        if transpose:
+            view, (h0, w0) = view.transpose(1, 0, 2), (w0, h0)
+        if flip_ud:
+            view = view[::-1]
+        if flip_lr:
+            view = view[:, ::-1]
+        tensor = torch.from_numpy(np.ascontiguousarray(view)).permute(2, 0, 1)
+        # The detector maps its boxes to this frame: the original image, oriented as the view.
+        return {"image": tensor, "orig_size": (int(h0), int(w0))}
 
     @torch.no_grad()
     def forward(self, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         if self.training:
             raise RuntimeError("DetectorWithTTA runs in eval mode only (it tests, not trains)")
         per_view: List[List[Detections]] = []
-        for size, flip in self.views:
-            inputs = [self._view_input(x, size, flip) for x in batched_inputs]
+        for size, orient in self.views:
+            inputs = [self._view_input(x, size, orient) for x in batched_inputs]
             dets = self.model(inputs)
-            if flip:
-                dets = [_unflip(d, int(x["orig_size"][1])) for d, x in zip(dets, inputs)]
-            per_view.append(dets)
+            per_view.append([_unorient(d, x["orig_size"], orient) for d, x in zip(dets, inputs)])
         out = []
         for i in range(len(batched_inputs)):
             views = [dets[i] for dets in per_view]
@@ -195,8 +216,18 @@ class DetectorWithTTA(nn.Module):
         return out
 
 
-def _unflip(det: Detections, width: int) -> Detections:
-    """Detections of a mirrored image, mirrored back: ``x1' = W - x2``, ``x2' = W - x1``."""
-    b = det["boxes"]
-    boxes = torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], dim=1)
-    return {**det, "boxes": boxes}
+def _unorient(det: Detections, size: Tuple[int, int], orient: Orientation) -> Detections:
+    """Detections of an oriented view (in its ``size`` = (h, w) frame) mapped back to the
+    original image: the flips undone (``x1' = w - x2``, ``x2' = w - x1``), then the transpose."""
+    transpose, flip_ud, flip_lr = orient
+    if not any(orient):
+        return det
+    x1, y1, x2, y2 = det["boxes"].unbind(dim=1)
+    h, w = size
+    if flip_lr:
+        x1, x2 = w - x2, w - x1
+    if flip_ud:
+        y1, y2 = h - y2, h - y1
+    if transpose:
+        x1, y1, x2, y2 = y1, x1, y2, x2
+    return {**det, "boxes": torch.stack([x1, y1, x2, y2], dim=1)}

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from resdet.config import load_config
 from resdet.config.load import ConfigError
-from resdet.evaluation.tta import DetectorWithTTA, fuse_detections, tta_views
+from resdet.evaluation.tta import DIHEDRAL, DetectorWithTTA, fuse_detections, tta_views
 
 
 def _dets(boxes, scores, labels):
@@ -69,9 +69,13 @@ def test_threshold_cap_and_empty_views():
 
 def test_views_start_with_the_plain_one():
     cfg = load_config(None, ["INPUT.MIN_SIZE_TEST", "288", "TEST.AUG.MIN_SIZES", "[256, 288]"])
-    assert tta_views(cfg) == [(288, False), (256, False), (288, True), (256, True)]
+    plain, mirror = (False, False, False), (False, False, True)
+    assert tta_views(cfg) == [(288, plain), (256, plain), (288, mirror), (256, mirror)]
     cfg.TEST.AUG.FLIP = False
-    assert tta_views(cfg) == [(288, False), (256, False)]
+    assert tta_views(cfg) == [(288, plain), (256, plain)]
+    cfg.TEST.AUG.DIHEDRAL = True  # every 90-degree rotation and its mirror, at each size
+    views = tta_views(cfg)
+    assert len(views) == 16 and views[0] == (288, plain) and len(set(views)) == 16
 
 
 @pytest.mark.parametrize(
@@ -119,7 +123,7 @@ def test_wrapper_resizes_mirrors_and_maps_back():
     model = _BrightBox().eval()
     tta = DetectorWithTTA(
         model,
-        [(20, False), (40, False), (20, True)],
+        [(20, (0, 0, 0)), (40, (0, 0, 0)), (20, (0, 0, 1))] + [(40, o) for o in DIHEDRAL[2:]],
         max_size=1000,
         fuse_iou=0.55,
         nms_thresh=0.5,
@@ -127,9 +131,14 @@ def test_wrapper_resizes_mirrors_and_maps_back():
         max_detections=100,
     ).eval()
     (out,) = tta([{"image": tensor, "orig_size": (40, 80)}])
-    assert [tuple(t.shape[-2:]) for t in model.seen] == [(20, 40), (40, 80), (20, 40)]
-    # The mirrored view saw the box on the other side, and its answer came back unmirrored.
+    sizes = [(20, 40), (40, 80), (20, 40)] + [(40, 80)] * 2 + [(80, 40)] * 4
+    assert [tuple(t.shape[-2:]) for t in model.seen] == sizes
+    # The mirrored view saw the box on the other side, and its answer came back unmirrored;
+    # so did the up-down flipped and the transposed (rotated) ones.
     torch.testing.assert_close(model.seen[2], model.seen[0].flip(-1))
+    torch.testing.assert_close(model.seen[3], model.seen[1].flip(-2))  # (0, 1, 0)
+    torch.testing.assert_close(model.seen[5], model.seen[1].transpose(-1, -2))  # (1, 0, 0)
+    torch.testing.assert_close(model.seen[8], model.seen[1].transpose(-1, -2).flip(-1, -2))
     expected = torch.tensor([[8.0, 10.0, 24.0, 30.0]])
     torch.testing.assert_close(out["boxes"], expected)
     torch.testing.assert_close(out["plain"]["boxes"], expected)
