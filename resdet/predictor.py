@@ -180,7 +180,9 @@ class Predictor:
         score_thresh: keep detections scoring above this (default ``SCORE_THRESH_TEST``).
         overrides: ``KEY VALUE`` config overrides applied after loading ``config``
             (e.g. ``["SOLVER.AMP.ENABLED", "True"]`` for bf16 inference, as evaluation does).
-        batch_size: images per forward pass when given a list (default 1).
+        batch_size: images per forward pass when given a list (default 1). With test-time
+            augmentation (``TEST.AUG.ENABLED``) each image runs alone, one pass per view, and
+            ``score_thresh`` applies to the fused scores.
 
     Raises:
         FileNotFoundError / RuntimeError: unreadable checkpoint.
@@ -229,7 +231,14 @@ class Predictor:
                 f"INPUT.MAX_IMAGE_PIXELS is {cfg.INPUT.MAX_IMAGE_PIXELS}; expected a pixel "
                 "count, or 0 for no limit"
             )
-        if score_thresh is not None:
+        fused_thresh = None
+        if score_thresh is not None and cfg.TEST.AUG.ENABLED:
+            # The views keep a threshold no higher than the config's, the fused scores get
+            # this one: a box one view scores under it may still be found by the mean vote.
+            fused_thresh = float(score_thresh)
+            r = cfg.MODEL.ROI_HEADS
+            r.SCORE_THRESH_TEST = min(r.SCORE_THRESH_TEST, fused_thresh)
+        elif score_thresh is not None:
             cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(score_thresh)
         self.cfg = cfg
         self.device = resolve_device(device if device != "auto" else cfg.MODEL.DEVICE)
@@ -257,7 +266,9 @@ class Predictor:
         # TEST.AUG.ENABLED: answer with the fused detections of the test-time views (one
         # forward pass per view; the images go in unresized, each view resizes them).
         self.tta = (
-            DetectorWithTTA.from_config(self.inference_model, cfg) if cfg.TEST.AUG.ENABLED else None
+            DetectorWithTTA.from_config(self.inference_model, cfg, fused_thresh)
+            if cfg.TEST.AUG.ENABLED
+            else None
         )
 
     def preprocess(self, image: Any) -> Tuple[torch.Tensor, Tuple[int, int]]:

@@ -33,7 +33,7 @@ from resdet.data.records import DetectionRecord
 from resdet.engine.checkpoint import load_model_weights
 from resdet.engine.detection import build_test_loader, run_inference
 from resdet.engine.runtime import resolve_device
-from resdet.evaluation.tta import DetectorWithTTA
+from resdet.evaluation.tta import DetectorWithTTA, tta_views
 from resdet.modeling.detection.build import build_detector
 from resdet.utils.machine import machine_info
 from resdet.utils.plots import plot_curves, plot_detection_curves, read_metrics
@@ -276,10 +276,9 @@ def _results_tables(configs: Dict[str, Config], val_info: str) -> List[str]:
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     lines += ["", "COCO AP is averaged over IoU 0.50:0.95; AP50 / VOC mAP at IoU 0.5."]
     if tta:
-        lines += [
-            "TTA: the same weights, each image also seen mirrored, the two views' detections "
-            "fused (`TEST.AUG`, one more forward pass per image)."
-        ]
+        n = len(tta_views(configs["det"]))
+        lines += [f"TTA: the same weights, each image seen in {n} views (`TEST.AUG`: sizes, "
+                  f"mirrored or rotated), their detections fused; {n} forward passes."]  # fmt: skip
     lines.append("")
     for kind, how in (("coco", "one pass"), ("coco_tta", "TTA")):
         if kind == "coco_tta" and not tta:

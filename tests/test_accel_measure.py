@@ -139,14 +139,18 @@ def test_weight_paths_do_not_change_what_is_measured(tiny, monkeypatch):
     model, cfg = tiny
     seen = []
 
+    remeasured = []
+
     def fake(model, size, train, settings="", remeasure=False):
         seen.append(settings)
+        remeasured.append(remeasure)
         return {"nchw": 1.0}
 
     monkeypatch.setattr(accel, "measured_times", fake)
     accel.training_step_times(model, cfg)
     cfg.MODEL.WEIGHTS, cfg.MODEL.BACKBONE.PRETRAINED = "a/model_final.pth", "b/cls.pth"
-    accel.training_step_times(model, cfg)
+    accel.training_step_times(model, cfg, remeasure=True)  # the demo's fit: timed afresh
+    assert remeasured == [False, True]
     cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN += 1
     accel.training_step_times(model, cfg)
     assert seen[0] == seen[1] != seen[2]

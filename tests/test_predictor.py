@@ -18,6 +18,7 @@ from resdet.config import config_to_dict, load_config
 from resdet.data.records import DatasetError
 from resdet.data.shapes import SHAPES_CLASSES
 from resdet.engine.checkpoint import save_checkpoint
+from resdet.evaluation.tta import fuse_detections
 from resdet.modeling.classifier import build_classifier
 from resdet.predictor import Predictor, resolve_class_names, to_rgb_uint8
 
@@ -224,5 +225,25 @@ def test_test_time_augmentation_one_view_is_the_plain_answer_and_flip_fuses(chec
     fused = flip([image, image])
     assert len(fused) == 2 and len(fused[0]) > 0
     np.testing.assert_allclose(fused[0].boxes, fused[1].boxes)
+    # The fusion of the plain answer and the mirrored image's answer mapped back, both at the
+    # config's own threshold (the views'); the 0.2 applies to the fused scores.
+    assert flip.tta.score_thresh == 0.2
+    assert flip.model.roi_heads.score_thresh == min(
+        0.2, load_config(None, TINY).MODEL.ROI_HEADS.SCORE_THRESH_TEST
+    )
+    single = Predictor(None, path)
+    views = []
+    for img, mirrored in ((image, False), (np.ascontiguousarray(image[:, ::-1]), True)):
+        d = single(img)
+        boxes = d.boxes.copy()
+        if mirrored:
+            boxes[:, [0, 2]] = 200 - boxes[:, [2, 0]]
+        views.append({"boxes": torch.from_numpy(boxes), "scores": torch.from_numpy(d.scores),
+                      "labels": torch.from_numpy(d.labels)})  # fmt: skip
+    expected = fuse_detections(
+        views, fuse_iou=0.55, nms_thresh=0.5, score_thresh=0.2, max_detections=100
+    )
+    np.testing.assert_allclose(fused[0].boxes, expected["boxes"].numpy(), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(fused[0].scores, expected["scores"].numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(fused[0].labels, expected["labels"].numpy())
     assert (fused[0].scores > 0.2).all() and (np.diff(fused[0].scores) <= 0).all()
-    assert (fused[0].boxes >= 0).all() and (fused[0].boxes[:, [0, 2]] <= 200).all()

@@ -147,11 +147,12 @@ def _times(
     )
 
 
-def training_step_times(model: nn.Module, cfg: Config) -> Dict[str, float]:
+def training_step_times(model: nn.Module, cfg: Config, remeasure: bool = False) -> Dict[str, float]:
     """Measured seconds per probe training pass (forward and backward of two images of the
     smallest training size) of each CPU training path of the detector ``model``: the
-    measurement the path choice reads (cached per machine; taken now otherwise)."""
-    times = _times(model, cfg, train=True)
+    measurement the path choice reads (cached per machine; taken now otherwise, or with
+    ``remeasure``, which also replaces the cached times)."""
+    times = _times(model, cfg, train=True, remeasure=remeasure)
     if times is None:
         raise ConfigError("training steps are timed on a detector's CPU float32 backbone; "
                           "this model has none")  # fmt: skip

@@ -316,7 +316,10 @@ def _parts(
 
     if not test_sets:
         return TaskParts(None, train, finish=finish)
-    return TaskParts(evaluate, train, final_eval=final_eval, finish=finish)
+    # Without TEST.AUG the final evaluation is the periodic one (an early stop right after
+    # an evaluation then reuses its results).
+    tta = cfg.TEST.AUG.ENABLED
+    return TaskParts(evaluate, train, final_eval=final_eval if tta else None, finish=finish)
 
 
 DETECTION = Task(

@@ -17,7 +17,7 @@ Boxes Fusion (Solovyev, Wang & Gabruseva 2021) with one box per view. Averaging 
 demotes what only one view sees (most false positives on the demo's shapes); averaging the
 boxes refines the localisation. On the demo's detector (shapes_val, 1,500 iterations) the
 plain model scores COCO AP 59.4 / AP50 84.1; merging the flipped view's detections by NMS
-alone (detectron2's TTA) 60.8 / 85.9, fusing them as here 64.3 / 86.7 (README).
+alone (detectron2's TTA) 60.8 / 85.9, fusing them as here 64.3 / 86.6 (README).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from resdet.config.load import ConfigError
 from resdet.config.schema import Config
 from resdet.data.det_transforms import resize_shortest_edge
 
-__all__ = ["DetectorWithTTA", "fuse_detections", "tta_views"]
+__all__ = ["DIHEDRAL", "DetectorWithTTA", "fuse_detections", "tta_views"]
 
 Detections = Dict[str, torch.Tensor]
 
@@ -98,10 +98,15 @@ DIHEDRAL: List[Orientation] = [
 ]
 
 
-def tta_views(cfg: Config) -> List[Tuple[int, Orientation]]:
-    """The views ``TEST.AUG`` asks for, as ``(min_size, orientation)``: ``INPUT.MIN_SIZE_TEST``
-    as it is first (the plain view), then the other sizes, then each other orientation at
-    every size.
+# A view: (shorter side, cap of the longer side, orientation).
+View = Tuple[int, int, Orientation]
+
+
+def tta_views(cfg: Config) -> List[View]:
+    """The views ``TEST.AUG`` asks for: ``INPUT.MIN_SIZE_TEST`` as it is first (the plain
+    view), then the other sizes, then each other orientation at every size. Views of
+    ``INPUT.MIN_SIZE_TEST`` are capped at ``INPUT.MAX_SIZE_TEST`` as the plain test transform
+    is; the other sizes at ``TEST.AUG.MAX_SIZE`` (0: the same).
 
     Raises:
         ConfigError: a size <= 0, or ``FUSE_IOU`` outside (0, 1], or ``MAX_SIZE`` < 0.
@@ -115,13 +120,13 @@ def tta_views(cfg: Config) -> List[Tuple[int, Orientation]]:
         raise ConfigError(
             f"TEST.AUG.MAX_SIZE must be >= 0 (0: INPUT.MAX_SIZE_TEST), got {aug.MAX_SIZE}"
         )
-    sizes = [int(cfg.INPUT.MIN_SIZE_TEST)]
-    sizes += [int(s) for s in aug.MIN_SIZES if int(s) not in sizes]
+    plain, cap = int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST)
+    sizes = list(dict.fromkeys([plain] + [int(s) for s in aug.MIN_SIZES]))  # once each
     if aug.DIHEDRAL:
         orientations = DIHEDRAL
     else:
         orientations = [IDENTITY, MIRROR] if aug.FLIP else [IDENTITY]
-    return [(s, o) for o in orientations for s in sizes]
+    return [(s, cap if s == plain else aug.MAX_SIZE or cap, o) for o in orientations for s in sizes]
 
 
 class DetectorWithTTA(nn.Module):
@@ -134,18 +139,20 @@ class DetectorWithTTA(nn.Module):
 
     Args:
         model: a detector in eval mode (or its fused inference copy).
-        views: ``(min_size, (transpose, flip up-down, flip left-right))`` pairs
+        views: ``(min_size, max_size, (transpose, flip up-down, flip left-right))`` each
             (:func:`tta_views`); the first is the plain view.
-        max_size: the longer side's cap when resizing.
         fuse_iou, nms_thresh, score_thresh, max_detections: see :func:`fuse_detections`.
+            ``score_thresh`` applies to the fused scores; the views keep the model's own (a
+            lower one lets a box one view scores under the final threshold still vote).
+
+    The wrapper's train / eval mode is its model's (it only runs in eval mode).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        views: Sequence[Tuple[int, Orientation]],
+        views: Sequence[View],
         *,
-        max_size: int,
         fuse_iou: float,
         nms_thresh: float,
         score_thresh: float,
@@ -155,32 +162,35 @@ class DetectorWithTTA(nn.Module):
         if not views:
             raise ValueError("DetectorWithTTA needs at least one view")
         self.model = model
-        self.views = [(int(s), tuple(bool(x) for x in o)) for s, o in views]
-        self.max_size = int(max_size)
+        self.views = [(int(s), int(m), tuple(bool(x) for x in o)) for s, m, o in views]
         self.fuse_iou = float(fuse_iou)
         self.nms_thresh = float(nms_thresh)
         self.score_thresh = float(score_thresh)
         self.max_detections = int(max_detections)
-        self.eval()  # a test-time wrapper: eval mode from the start (and its model with it)
+        self.training = model.training  # the model's mode, left as it is
 
     @classmethod
-    def from_config(cls, model: nn.Module, cfg: Config) -> DetectorWithTTA:
-        """The views and fusion ``cfg.TEST.AUG`` describes, around ``model``."""
+    def from_config(
+        cls, model: nn.Module, cfg: Config, score_thresh: float | None = None
+    ) -> DetectorWithTTA:
+        """The views and fusion ``cfg.TEST.AUG`` describes, around ``model``; the fused scores
+        kept above ``score_thresh`` (default ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``)."""
         r = cfg.MODEL.ROI_HEADS
         return cls(
             model,
             tta_views(cfg),
-            max_size=cfg.TEST.AUG.MAX_SIZE or cfg.INPUT.MAX_SIZE_TEST,
             fuse_iou=cfg.TEST.AUG.FUSE_IOU,
             nms_thresh=r.NMS_THRESH_TEST,
-            score_thresh=r.SCORE_THRESH_TEST,
+            score_thresh=r.SCORE_THRESH_TEST if score_thresh is None else score_thresh,
             max_detections=r.DETECTIONS_PER_IMAGE,
         )
 
-    def _view_input(self, x: Dict[str, Any], size: int, orient: Orientation) -> Dict[str, Any]:
+    @staticmethod
+    def _view_input(x: Dict[str, Any], view_spec: View) -> Dict[str, Any]:
+        size, max_size, orient = view_spec
         image = x["image"]
         hwc = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())
-        view = resize_shortest_edge(hwc, size, self.max_size)
+        view = resize_shortest_edge(hwc, size, max_size)
         h0, w0 = x.get("orig_size") or (int(image.shape[-2]), int(image.shape[-1]))
         transpose, flip_ud, flip_lr = orient
         if transpose:
@@ -189,7 +199,8 @@ class DetectorWithTTA(nn.Module):
             view = view[::-1]
         if flip_lr:
             view = view[:, ::-1]
-        tensor = torch.from_numpy(np.ascontiguousarray(view)).permute(2, 0, 1)
+        # Contiguous CHW, as the test loader's images are: the same strides, the same kernels.
+        tensor = torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1)))
         # The detector maps its boxes to this frame: the original image, oriented as the view.
         return {"image": tensor, "orig_size": (int(h0), int(w0))}
 
@@ -198,10 +209,10 @@ class DetectorWithTTA(nn.Module):
         if self.training:
             raise RuntimeError("DetectorWithTTA runs in eval mode only (it tests, not trains)")
         per_view: List[List[Detections]] = []
-        for size, orient in self.views:
-            inputs = [self._view_input(x, size, orient) for x in batched_inputs]
+        for view in self.views:
+            inputs = [self._view_input(x, view) for x in batched_inputs]
             dets = self.model(inputs)
-            per_view.append([_unorient(d, x["orig_size"], orient) for d, x in zip(dets, inputs)])
+            per_view.append([_unorient(d, x["orig_size"], view[2]) for d, x in zip(dets, inputs)])
         out = []
         for i in range(len(batched_inputs)):
             views = [dets[i] for dets in per_view]

@@ -36,7 +36,8 @@ def _configs(tmp_path, schedule="default", **kw):
 def test_fitted_iterations_are_measured_once_and_kept(tmp_path, monkeypatch):
     timed = []
 
-    def step_times(model, cfg):  # the probe pass of each path, seconds
+    def step_times(model, cfg, remeasure=False):  # the probe pass of each path, seconds
+        assert remeasure  # timed in this hour, not read from an older cache
         timed.append(cfg.MODEL.BACKBONE.NORM)
         return {"nchw": 0.3, "channels_last": 0.25} if cfg.MODEL.BACKBONE.NORM == "FrozenBN" \
             else {"nchw": 0.35, "winograd": 0.5}  # fmt: skip
@@ -67,7 +68,7 @@ def test_fitted_iterations_are_measured_once_and_kept(tmp_path, monkeypatch):
 
 def test_bf16_schedules_fit_on_the_bf16_time(tmp_path, monkeypatch):
     times = {"nchw": 0.3, "channels_last": 0.4, "bf16": 0.15}
-    monkeypatch.setattr("resdet.accel.training_step_times", lambda model, cfg: times)
+    monkeypatch.setattr("resdet.accel.training_step_times", lambda model, cfg, remeasure: times)
     _, configs = _configs(tmp_path, schedule="bf16")
     assert configs["det"].SOLVER.AMP.ENABLED
     assert demo_fit._detector_step(configs["det"]) == pytest.approx(0.15 * demo_fit.STEP_OVERHEAD)

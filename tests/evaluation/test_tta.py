@@ -68,14 +68,19 @@ def test_threshold_cap_and_empty_views():
 
 
 def test_views_start_with_the_plain_one():
-    cfg = load_config(None, ["INPUT.MIN_SIZE_TEST", "288", "TEST.AUG.MIN_SIZES", "[256, 288]"])
+    opts = ["INPUT.MIN_SIZE_TEST", "288", "INPUT.MAX_SIZE_TEST", "400"]
+    cfg = load_config(None, opts + ["TEST.AUG.MIN_SIZES", "[256, 288, 256]"])
     plain, mirror = (False, False, False), (False, False, True)
-    assert tta_views(cfg) == [(288, plain), (256, plain), (288, mirror), (256, mirror)]
+    expected = [(288, 400, plain), (256, 400, plain), (288, 400, mirror), (256, 400, mirror)]
+    assert tta_views(cfg) == expected  # each size once
+    # TEST.AUG.MAX_SIZE caps the other sizes only: the plain view stays the test transform.
+    cfg.TEST.AUG.MAX_SIZE = 500
+    assert tta_views(cfg)[:2] == [(288, 400, plain), (256, 500, plain)]
     cfg.TEST.AUG.FLIP = False
-    assert tta_views(cfg) == [(288, plain), (256, plain)]
+    assert tta_views(cfg) == [(288, 400, plain), (256, 500, plain)]
     cfg.TEST.AUG.DIHEDRAL = True  # every 90-degree rotation and its mirror, at each size
     views = tta_views(cfg)
-    assert len(views) == 16 and views[0] == (288, plain) and len(set(views)) == 16
+    assert len(views) == 16 and views[0] == (288, 400, plain) and len(set(views)) == 16
 
 
 @pytest.mark.parametrize(
@@ -116,20 +121,17 @@ class _BrightBox(nn.Module):
         return out
 
 
+KW = {"fuse_iou": 0.55, "nms_thresh": 0.5, "score_thresh": 0.05, "max_detections": 100}
+
+
 def test_wrapper_resizes_mirrors_and_maps_back():
     image = np.zeros((40, 80, 3), np.uint8)
-    image[10:30, 8:24] = 255  # off-centre: a flipped view finds it at x 56..72
+    image[6:30, 8:24] = 255  # off-centre both ways: a flipped view finds it at x 56..72
     tensor = torch.from_numpy(image).permute(2, 0, 1)
     model = _BrightBox().eval()
-    tta = DetectorWithTTA(
-        model,
-        [(20, (0, 0, 0)), (40, (0, 0, 0)), (20, (0, 0, 1))] + [(40, o) for o in DIHEDRAL[2:]],
-        max_size=1000,
-        fuse_iou=0.55,
-        nms_thresh=0.5,
-        score_thresh=0.05,
-        max_detections=100,
-    ).eval()
+    views = [(20, 1000, (0, 0, 0)), (40, 1000, (0, 0, 0)), (20, 1000, (0, 0, 1))]
+    tta = DetectorWithTTA(model, views + [(40, 1000, o) for o in DIHEDRAL[2:]], **KW)
+    assert not tta.training
     (out,) = tta([{"image": tensor, "orig_size": (40, 80)}])
     sizes = [(20, 40), (40, 80), (20, 40)] + [(40, 80)] * 2 + [(80, 40)] * 4
     assert [tuple(t.shape[-2:]) for t in model.seen] == sizes
@@ -139,9 +141,13 @@ def test_wrapper_resizes_mirrors_and_maps_back():
     torch.testing.assert_close(model.seen[3], model.seen[1].flip(-2))  # (0, 1, 0)
     torch.testing.assert_close(model.seen[5], model.seen[1].transpose(-1, -2))  # (1, 0, 0)
     torch.testing.assert_close(model.seen[8], model.seen[1].transpose(-1, -2).flip(-1, -2))
-    expected = torch.tensor([[8.0, 10.0, 24.0, 30.0]])
+    expected = torch.tensor([[8.0, 6.0, 24.0, 30.0]])
     torch.testing.assert_close(out["boxes"], expected)
     torch.testing.assert_close(out["plain"]["boxes"], expected)
     assert out["scores"].tolist() == pytest.approx([0.9])
+    # The views are contiguous CHW, as the test loader's images are.
+    assert all(t.is_contiguous() for t in model.seen)
+    # The wrapper takes its model's mode and leaves it alone; it runs in eval mode only.
+    assert DetectorWithTTA(_BrightBox().train(), [(20, 40, (0, 0, 0))], **KW).training
     with pytest.raises(RuntimeError, match="eval mode"):
         tta.train()([{"image": tensor, "orig_size": (40, 80)}])
