@@ -223,6 +223,11 @@ def build_selection_hooks(
         raise ConfigError(f"SOLVER.BEST_METRIC {s.BEST_METRIC} needs a validation set")
     if s.BEST_METRIC.split("/")[-1].startswith("loss") and not cfg.TEST.VAL_LOSS:
         raise ConfigError(f"SOLVER.BEST_METRIC {s.BEST_METRIC} needs TEST.VAL_LOSS True")
+    if "_tta/" in s.BEST_METRIC:
+        raise ConfigError(
+            f"SOLVER.BEST_METRIC {s.BEST_METRIC}: test-time augmentation (TEST.AUG) runs in the "
+            "final evaluation only; watch the periodic evaluations' metric (without '_tta')"
+        )
     last = s.BEST_METRIC.split("/")[-1]
     if s.BEST_MODE == "max" and (last.startswith("loss") or last.endswith("err")):
         logger.warning(

@@ -156,6 +156,8 @@ def test_selection_config_errors(tmp_path):
         hooks("SOLVER.BEST_METRIC", "coco/AP", has_eval=False)
     with pytest.raises(ConfigError, match="needs TEST.VAL_LOSS True"):
         hooks("SOLVER.BEST_METRIC", "loss", "SOLVER.BEST_MODE", "min")
+    with pytest.raises(ConfigError, match="final evaluation only"):
+        hooks("SOLVER.BEST_METRIC", "coco_tta/AP", "TEST.AUG.ENABLED", "True")
 
 
 def test_unknown_metric_names_the_available_ones(tmp_path):
