@@ -47,6 +47,15 @@ def test_demo_rows_come_from_the_recorded_summary(zoo, tmp_path):
     zoo.save_demo_results(_summary(tmp_path, machine={**machine, "device": "cuda:0"}), dest)
     rows = "\n".join(zoo.demo_rows(dest))
     assert "(2 cores, flags avx2 fma), detectors trained on cuda:0." in rows
+    assert "TTA" not in rows  # a summary without test-time augmentation has no such row
+    # With the final evaluation's fused views (TEST.AUG), their AP / AP50 get a row.
+    tta = {"AP": 0.4, "AP50": 0.6}
+    path = _summary(
+        tmp_path, pretrained={"AP": 0.353, "AP50": 0.573, "VOC07_mAP": 0.569, "tta": tta}
+    )
+    zoo.save_demo_results(path, dest)
+    rows = "\n".join(zoo.demo_rows(dest))
+    assert "views fused (TTA) | 40.0 / 60.0 |" in rows
 
 
 def test_an_unfinished_summary_is_refused(zoo, tmp_path):
