@@ -51,8 +51,10 @@ BUDGET_SECONDS = 620.0
 STEP_OVERHEAD = 1.1
 # The classifier run over its timed steps: data loading, augmentation, evaluations, the other
 # chain beside it. Measured there: 222 s for 1,400 steps (0.159 s each) timed at 0.089-0.100 s
-# (1.6-1.8x).
-CLS_OVERHEAD = 1.8
+# (1.6-1.8x) before the decoded-crop cache; since it, at 1.8x the fit predicted 131, 118, 120
+# and 237 s for runs of 119, 111, 104 and 173 s (1.07-1.37x too long): 1.7 keeps the
+# prediction at or above the run in all four.
+CLS_OVERHEAD = 1.7
 MIN_ITERS, MAX_ITERS = 500, 6000
 FIT_FILE = "fitted_schedule.json"
 

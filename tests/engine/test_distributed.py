@@ -123,7 +123,7 @@ INPUT: {{MIN_SIZE_TRAIN: [64]}}
 DATALOADER: {{NUM_WORKERS: 0}}
 SOLVER: {{WARMUP_ITERS: 0, MAX_ITER: 4, CHECKPOINT_PERIOD: 2,
           LR_SCHEDULER: plateau, PLATEAU_METRIC: coco/AP, PLATEAU_MODE: max}}
-TEST: {{EVAL_PERIOD: 2}}
+TEST: {{EVAL_PERIOD: 2, AUG: {{ENABLED: true}}}}
 SEED: 3
 """
     )
@@ -169,6 +169,7 @@ def test_torchrun_two_processes_match_each_other_and_one_process(tmp_path: Path,
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(results) == 1 and "coco/AP" in results[0]  # train_det prints on rank 0 only
+    assert "coco_tta/AP" in results[0]  # the final evaluation's fused views, sharded too
 
     for tag in ("cls", "det"):
         r0 = torch.load(dump / f"{tag}_rank0.pt", weights_only=True)
@@ -189,3 +190,6 @@ def test_torchrun_two_processes_match_each_other_and_one_process(tmp_path: Path,
     assert any(r.get("val/top1_err") is not None for r in _metrics(dump / "cls"))
     coco = json.loads((dump / "det" / "coco_results.json").read_text())
     assert {d["image_id"] for d in coco} <= {1, 2, 3}
+    fused = json.loads((dump / "det" / "tta" / "coco_results.json").read_text())
+    assert {d["image_id"] for d in fused} <= {1, 2, 3}
+    assert any("val/coco_tta/AP" in r for r in _metrics(dump / "det"))  # compared above
