@@ -182,7 +182,9 @@ class Predictor:
             (e.g. ``["SOLVER.AMP.ENABLED", "True"]`` for bf16 inference, as evaluation does).
         batch_size: images per forward pass when given a list (default 1). With test-time
             augmentation (``TEST.AUG.ENABLED``) each image runs alone, one pass per view, and
-            ``score_thresh`` applies to the fused scores.
+            ``score_thresh`` applies to the fused scores (``self.tta.score_thresh``); the
+            views, and ``self.cfg``'s ``SCORE_THRESH_TEST``, keep the lower of it and the
+            config's.
 
     Raises:
         FileNotFoundError / RuntimeError: unreadable checkpoint.

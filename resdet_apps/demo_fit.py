@@ -37,17 +37,19 @@ logger = logging.getLogger(__name__)
 __all__ = ["BUDGET_SECONDS", "fit_iterations", "fitted_det_iters", "FIT_FILE"]
 
 # Training time of the longer chain: the 15 minutes of `make demo` less set-up (a fresh venv:
-# 1.2-2.4 min), data (12-29 s), evaluations (~1-1.5 min with the final one's mirrored view),
-# report and a margin for the host slowing down after the fit measured it (the steps are
-# timed in the same minute, since the fit takes them afresh: 590 s, the budget while they
-# came from a cache of another hour, left 4 minutes unused in a fast hour: 10 min 56 s).
+# 1.2-2.4 min), data (12-29 s), the final evaluation (~25-30 s with the mirrored view; the
+# periodic ones are in STEP_OVERHEAD), the fit's probes (~10 s), the report, and ~1 minute
+# for the host slowing down after the fit measured it. 590 s with STEP_OVERHEAD 1.15, the
+# fit's first settings after it took its probes afresh, fitted 2,500 iterations that ran at
+# 1.00x the probe and ended in 10 min 56 s with set-up (a fast hour of an AVX2 EPYC).
 BUDGET_SECONDS = 620.0
 # A real training iteration over the probe's pass (two images of the training size, forward and
 # backward, the fastest of three; the real one adds the optimizer step, the data and the
 # periodic evaluations, and shares the machine with the other chain). Measured in `make demo`
 # on a 2-core AVX2 EPYC, the probe timed by the fit itself: pretrained 0.161 s per iteration
 # for a 0.161 s probe (1.00x), from scratch 0.195 for 0.176 (1.11x, beside the classifier
-# then the pretrained detector).
+# then the pretrained detector); in the next run 0.151 for 0.157 (0.96x) and 0.196 for 0.180
+# (1.09x). The pretrained chain, the one the classifier lengthens, is the one that binds.
 STEP_OVERHEAD = 1.1
 # The classifier run over its timed steps: data loading, augmentation, evaluations, the other
 # chain beside it. Measured there: 222 s for 1,400 steps (0.159 s each) timed at 0.089-0.100 s
@@ -81,8 +83,8 @@ def _detector_step(cfg: Config) -> float:
 
     # Measured now, not read from the cache: the host's speed moves by tens of percent from
     # hour to hour (a probe cached in a slower hour fitted 1,800 iterations that ran at 0.17 s
-    # for 0.24 predicted, 8 of the 15 minutes). The new times replace the cached ones, so the
-    # training run's own path choice reads this measurement back.
+    # for 0.24 predicted: 9 min 32 s of the 15 minutes with set-up). The new times replace
+    # the cached ones, so the training run's own path choice reads this measurement back.
     times = training_step_times(build_detector(cfg), cfg, remeasure=True)
     if cfg.SOLVER.AMP.ENABLED and "bf16" in times:
         probe = times["bf16"]

@@ -230,7 +230,7 @@ class TestAugConfig:
     # view.
     ENABLED: bool = False
     MIN_SIZES: List[int] = field(default_factory=list)
-    MAX_SIZE: int = 0  # 0: INPUT.MAX_SIZE_TEST
+    MAX_SIZE: int = 0  # cap of the sizes other than INPUT.MIN_SIZE_TEST; 0: INPUT.MAX_SIZE_TEST
     FLIP: bool = True
     # All eight symmetries of the square as views (90-degree rotations and their mirrors;
     # FLIP implied): for data without a natural up, such as aerial or microscope images.

@@ -23,10 +23,11 @@ import sys
 from collections import defaultdict
 from typing import Any, Callable, Dict, List, Mapping
 
+from resdet.config.load import ConfigError
 from resdet.config.schema import Config
 from resdet.engine.checkpoint import Checkpointer, atomic_write
 from resdet.engine.dist import all_reduce_dict, is_main_process
-from resdet.engine.selection import build_selection_hooks
+from resdet.engine.selection import build_selection_hooks, is_tta_metric
 from resdet.engine.trainer import Hook, TrainState
 
 logger = logging.getLogger(__name__)
@@ -357,6 +358,11 @@ def build_hooks(
     hooks: List[Hook] = [MetricsHook(writer, cfg.LOG_PERIOD), ProgressHook()]
     if evaluate is not None:
         hooks.append(EvalHook(cfg.TEST.EVAL_PERIOD, evaluate, writer, final_eval))
+    if cfg.SOLVER.LR_SCHEDULER == "plateau" and is_tta_metric(cfg.SOLVER.PLATEAU_METRIC):
+        raise ConfigError(
+            f"SOLVER.PLATEAU_METRIC {cfg.SOLVER.PLATEAU_METRIC}: test-time augmentation "
+            "(TEST.AUG) runs in the final evaluation only; watch a periodic evaluation's metric"
+        )
     hooks.append(LRFeedbackHook(scheduler, cfg.SOLVER.PLATEAU_METRIC))
     hooks += build_selection_hooks(cfg, checkpointer, extra, evaluate is not None)
     hooks.append(CheckpointHook(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, extra=extra))

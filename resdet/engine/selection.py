@@ -195,6 +195,13 @@ class EarlyStopHook(Hook):
         state.hook_state[self.KEY] = record
 
 
+def is_tta_metric(metric: str) -> bool:
+    """``coco_tta/AP`` or ``<dataset>/coco_tta/AP``: a test-time-augmented result, which only
+    the final evaluation has (``TEST.AUG``)."""
+    parts = metric.split("/")
+    return len(parts) >= 2 and parts[-2].endswith("_tta")
+
+
 def build_selection_hooks(
     cfg: Config, checkpointer: Checkpointer, extra: Dict[str, Any], has_eval: bool
 ) -> List[Hook]:
@@ -223,7 +230,7 @@ def build_selection_hooks(
         raise ConfigError(f"SOLVER.BEST_METRIC {s.BEST_METRIC} needs a validation set")
     if s.BEST_METRIC.split("/")[-1].startswith("loss") and not cfg.TEST.VAL_LOSS:
         raise ConfigError(f"SOLVER.BEST_METRIC {s.BEST_METRIC} needs TEST.VAL_LOSS True")
-    if "_tta/" in s.BEST_METRIC:
+    if is_tta_metric(s.BEST_METRIC):
         raise ConfigError(
             f"SOLVER.BEST_METRIC {s.BEST_METRIC}: test-time augmentation (TEST.AUG) runs in the "
             "final evaluation only; watch the periodic evaluations' metric (without '_tta')"

@@ -158,6 +158,9 @@ def test_selection_config_errors(tmp_path):
         hooks("SOLVER.BEST_METRIC", "loss", "SOLVER.BEST_MODE", "min")
     with pytest.raises(ConfigError, match="final evaluation only"):
         hooks("SOLVER.BEST_METRIC", "coco_tta/AP", "TEST.AUG.ENABLED", "True")
+    with pytest.raises(ConfigError, match="final evaluation only"):
+        hooks("SOLVER.BEST_METRIC", "val2/voc_tta/mAP07")  # one of several test sets
+    assert hooks("SOLVER.BEST_METRIC", "shapes_tta/coco/AP")  # a test set named *_tta
 
 
 def test_unknown_metric_names_the_available_ones(tmp_path):

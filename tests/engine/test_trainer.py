@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from resdet.config import load_config
+from resdet.config.load import ConfigError
 from resdet.engine.checkpoint import Checkpointer, load_checkpoint
 from resdet.engine.hooks import (
     CheckpointHook,
@@ -17,6 +18,7 @@ from resdet.engine.hooks import (
     LRFeedbackHook,
     MetricsHook,
     MetricsWriter,
+    build_hooks,
 )
 from resdet.engine.optim import build_lr_scheduler
 from resdet.engine.trainer import Hook, train_loop
@@ -153,6 +155,16 @@ def test_plateau_metric_missing_from_eval_results_is_an_error():
     hooks = [EvalHook(2, lambda: {"bbox/AP": 0.3}), LRFeedbackHook(sched, "top1_err")]
     with pytest.raises(KeyError, match="PLATEAU_METRIC 'top1_err'.*bbox/AP"):
         train_loop(model, _mse, _batches(), opt, sched, 0, 4, hooks)
+
+
+def test_plateau_on_a_test_time_augmented_metric_is_refused_up_front(tmp_path):
+    # TEST.AUG's fused metrics exist only after training: no periodic evaluation has them.
+    cfg, model, opt, sched = _setup(LR_SCHEDULER="plateau", PLATEAU_METRIC="coco_tta/AP")
+    ckpt = Checkpointer(str(tmp_path))
+    with pytest.raises(ConfigError, match="PLATEAU_METRIC coco_tta/AP: test-time augmentation"):
+        build_hooks(cfg, None, ckpt, sched, lambda: {}, None, {})
+    cfg.SOLVER.PLATEAU_METRIC = "shapes_tta/coco/AP"  # a test set named *_tta is no TTA result
+    assert build_hooks(cfg, None, ckpt, sched, lambda: {}, None, {})
 
 
 def test_train_error_feedback_ends_resnet110_warmup():
