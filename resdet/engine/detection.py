@@ -189,26 +189,16 @@ def evaluate_detector(
                 ("_tta", os.path.join(sub, "tta"), fused),
             ]
         else:
-            runs = [
-                (
-                    "",
-                    sub,
-                    run_inference(model, build_test_loader(cfg, records), amp_ctx, f"eval {name}"),
-                )
-            ]
+            loader = build_test_loader(cfg, records)
+            runs = [("", sub, run_inference(model, loader, amp_ctx, f"eval {name}"))]
         for suffix, folder, dets in runs:
             for kind in evaluator_names(cfg, meta):
                 evaluator = EVALUATORS[kind](records, meta, folder if is_main_process() else None)
                 evaluator.process(dets)
-                metrics = evaluator.evaluate()
                 prefix = f"{kind}{suffix}/" if len(test_sets) == 1 else f"{name}/{kind}{suffix}/"
-                results.update(
-                    {
-                        prefix + k: float(v)
-                        for k, v in metrics.items()
-                        if isinstance(v, (int, float))
-                    }
-                )
+                for k, v in evaluator.evaluate().items():
+                    if isinstance(v, (int, float)):
+                        results[prefix + k] = float(v)
     # Only rank 0 computed the metrics; every rank needs them (plateau LR rule, return value).
     return all_gather_object(results)[0]
 
