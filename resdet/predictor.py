@@ -272,6 +272,10 @@ class Predictor:
             if cfg.TEST.AUG.ENABLED
             else None
         )
+        if self.tta is not None and self.batch_size > 1:
+            logger.info("TEST.AUG: each image runs alone, one pass per view (%d views), not in "
+                        "batches of %d; TEST.AUG.ENABLED False batches", len(self.tta.views),
+                        self.batch_size)  # fmt: skip
 
     def preprocess(self, image: Any) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """``(uint8[3, H', W'] resized RGB tensor, (H, W) original size)``; with test-time

@@ -3,6 +3,7 @@ class names from the checkpoint or the config's dataset, for images of any mode.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -210,7 +211,7 @@ def test_the_config_limit_on_image_pixels_holds_for_files(checkpoint, tmp_path):
         Predictor(None, checkpoint[0], overrides=["INPUT.MAX_IMAGE_PIXELS", "-1"])
 
 
-def test_test_time_augmentation_one_view_is_the_plain_answer_and_flip_fuses(checkpoint):
+def test_test_time_augmentation_one_view_is_the_plain_answer_and_flip_fuses(checkpoint, caplog):
     path, _ = checkpoint
     image = _image(120, 200, seed=3)
     plain = Predictor(None, path, score_thresh=0.2)(image)
@@ -222,6 +223,9 @@ def test_test_time_augmentation_one_view_is_the_plain_answer_and_flip_fuses(chec
     np.testing.assert_allclose(got.scores, plain.scores, rtol=1e-5)
     np.testing.assert_array_equal(got.labels, plain.labels)
     flip = Predictor(None, path, score_thresh=0.2, overrides=["TEST.AUG.ENABLED", "True"])
+    with caplog.at_level(logging.INFO, logger="resdet.predictor"):  # batches are not used
+        Predictor(None, path, batch_size=4, overrides=["TEST.AUG.ENABLED", "True"])
+    assert "each image runs alone, one pass per view (2 views), not in batches of 4" in caplog.text
     fused = flip([image, image])
     assert len(fused) == 2 and len(fused[0]) > 0
     np.testing.assert_allclose(fused[0].boxes, fused[1].boxes)
