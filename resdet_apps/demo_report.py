@@ -31,9 +31,9 @@ from resdet.data.catalog import get_dataset
 from resdet.data.image_io import read_image
 from resdet.data.records import DetectionRecord
 from resdet.engine.checkpoint import load_model_weights
-from resdet.engine.detection import build_test_loader, run_inference
+from resdet.engine.detection import detect_test_set
 from resdet.engine.runtime import resolve_device
-from resdet.evaluation.tta import DetectorWithTTA, tta_views
+from resdet.evaluation.tta import tta_views
 from resdet.modeling.detection.build import build_detector
 from resdet.utils.machine import machine_info
 from resdet.utils.plots import plot_curves, plot_detection_curves, read_metrics
@@ -155,13 +155,10 @@ def _panel(image: np.ndarray, title: str, draw: Any) -> np.ndarray:
 def _predict(cfg: Config, records: List[DetectionRecord]) -> Dict[int, Dict[str, np.ndarray]]:
     model = build_detector(cfg)
     load_model_weights(model, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), log=False)
+    # What the detector is scored with: with TEST.AUG, its fused views.
     fast = inference_model(model, cfg)
-    if cfg.TEST.AUG.ENABLED:  # what the detector is scored with: its fused views
-        loader = build_test_loader(cfg, records, resize=False)
-        fast = DetectorWithTTA.from_config(fast, cfg)
-    else:
-        loader = build_test_loader(cfg, records)
-    dets = run_inference(fast, loader, contextlib.nullcontext, "pictures")
+    tta = cfg.TEST.AUG.ENABLED
+    dets = detect_test_set(fast, cfg, records, contextlib.nullcontext, "pictures", tta)
     return {int(d["image_id"]): d for d in dets}
 
 

@@ -144,6 +144,23 @@ def run_inference(
     return out
 
 
+def detect_test_set(
+    model: nn.Module,
+    cfg: Config,
+    records: List[DetectionRecord],
+    amp_ctx: Callable[[], ContextManager],
+    desc: str,
+    tta: bool = False,
+) -> List[Dict[str, Any]]:
+    """:func:`run_inference` over a test set as it is scored: one pass, or with ``tta`` the
+    views of ``TEST.AUG`` fused (each entry then holds the plain detections under
+    ``"plain"``)."""
+    if not tta:
+        return run_inference(model, build_test_loader(cfg, records), amp_ctx, desc)
+    loader = build_test_loader(cfg, records, resize=False)  # each view resizes the original
+    return run_inference(DetectorWithTTA.from_config(model, cfg), loader, amp_ctx, f"{desc} (TTA)")
+
+
 def evaluator_names(cfg: Config, meta: DatasetMeta) -> List[str]:
     """The evaluators a test set runs: ``TEST.EVALUATORS`` or the dataset's own, plus ``coco``
     when ``TEST.REPORT`` asks for a report (it is built from the COCO evaluation's results;
@@ -179,18 +196,11 @@ def evaluate_detector(
     results: Dict[str, float] = {}
     for name, records, meta in test_sets:
         sub = output_dir if len(test_sets) == 1 else os.path.join(output_dir, name)
+        dets = detect_test_set(model, cfg, records, amp_ctx, f"eval {name}", tta)
+        runs = [("", sub, dets)]
         if tta:
-            loader = build_test_loader(cfg, records, resize=False)
-            fused = run_inference(
-                DetectorWithTTA.from_config(model, cfg), loader, amp_ctx, f"eval {name} (TTA)"
-            )
-            runs = [
-                ("", sub, [d.pop("plain") for d in fused]),
-                ("_tta", os.path.join(sub, "tta"), fused),
-            ]
-        else:
-            loader = build_test_loader(cfg, records)
-            runs = [("", sub, run_inference(model, loader, amp_ctx, f"eval {name}"))]
+            plain = [d.pop("plain") for d in dets]
+            runs = [("", sub, plain), ("_tta", os.path.join(sub, "tta"), dets)]
         for suffix, folder, dets in runs:
             for kind in evaluator_names(cfg, meta):
                 evaluator = EVALUATORS[kind](records, meta, folder if is_main_process() else None)

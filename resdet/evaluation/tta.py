@@ -186,12 +186,11 @@ class DetectorWithTTA(nn.Module):
         )
 
     @staticmethod
-    def _view_input(x: Dict[str, Any], view_spec: View) -> Dict[str, Any]:
-        size, max_size, orient = view_spec
-        image = x["image"]
-        hwc = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())
-        view = resize_shortest_edge(hwc, size, max_size)
-        h0, w0 = x.get("orig_size") or (int(image.shape[-2]), int(image.shape[-1]))
+    def _view_input(
+        resized: np.ndarray, orig_size: Tuple[int, int], orient: Orientation
+    ) -> Dict[str, Any]:
+        """The detector's input dict for ``resized`` (``[H, W, 3]``) in orientation ``orient``."""
+        view, (h0, w0) = resized, orig_size
         transpose, flip_ud, flip_lr = orient
         if transpose:
             view, (h0, w0) = view.transpose(1, 0, 2), (w0, h0)
@@ -208,11 +207,25 @@ class DetectorWithTTA(nn.Module):
     def forward(self, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         if self.training:
             raise RuntimeError("DetectorWithTTA runs in eval mode only (it tests, not trains)")
+        originals = [
+            np.ascontiguousarray(x["image"].permute(1, 2, 0).cpu().numpy()) for x in batched_inputs
+        ]
+        sizes = [
+            tuple(x.get("orig_size") or im.shape[:2]) for x, im in zip(batched_inputs, originals)
+        ]
+        # Each (size, cap) resized once, then oriented as every view of that size asks.
+        resized: Dict[Tuple[int, int], List[np.ndarray]] = {}
         per_view: List[List[Detections]] = []
-        for view in self.views:
-            inputs = [self._view_input(x, view) for x in batched_inputs]
+        for size, max_size, orient in self.views:
+            if (size, max_size) not in resized:
+                resized[size, max_size] = [
+                    resize_shortest_edge(im, size, max_size) for im in originals
+                ]
+            inputs = [
+                self._view_input(im, hw, orient) for im, hw in zip(resized[size, max_size], sizes)
+            ]
             dets = self.model(inputs)
-            per_view.append([_unorient(d, x["orig_size"], view[2]) for d, x in zip(dets, inputs)])
+            per_view.append([_unorient(d, x["orig_size"], orient) for d, x in zip(dets, inputs)])
         out = []
         for i in range(len(batched_inputs)):
             views = [dets[i] for dets in per_view]
