@@ -24,6 +24,7 @@ except ImportError:  # run from a checkout without installing: put the repo root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from resdet.utils.cli import tool_entry
+from resdet.utils.machine import cpu_kind
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PENDING = "pending: see REPORT.md of `make demo`"
@@ -197,8 +198,29 @@ def config_rows() -> list[str]:
     return rows
 
 
+def _run_key(machine: dict | None) -> str:
+    """One recorded run per kind of machine: the CPU's name, its kind (the flags that decide
+    the fast paths) and the device, e.g. ``AMD EPYC | avx512_bf16 | cpu``."""
+    if not machine:
+        return "unknown"
+    kind = cpu_kind(machine.get("isa", ()))
+    return f"{machine.get('cpu', '?')} | {kind} | {machine.get('device', 'cpu')}"
+
+
+def load_demo_results(path: str = DEMO_RESULTS) -> dict[str, dict]:
+    """The recorded runs, by :func:`_run_key`; ``{}`` when nothing is recorded."""
+    import json
+
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return data["runs"]
+
+
 def save_demo_results(summary_path: str, dest: str = DEMO_RESULTS) -> None:
-    """Copy a finished demo's accuracy from its ``summary.json`` into ``dest``."""
+    """Record a finished demo's accuracy from its ``summary.json`` in ``dest``, replacing the
+    run recorded for the same kind of machine and keeping the others."""
     import json
 
     with open(summary_path, encoding="utf-8") as f:
@@ -214,7 +236,7 @@ def save_demo_results(summary_path: str, dest: str = DEMO_RESULTS) -> None:
             out["tta"] = {k: run["tta"][k] for k in ("AP", "AP50")}
         return out
 
-    results = {
+    run = {
         "schedule": summary["schedule"],
         "det_iters": summary.get("det_iters"),
         "wall_seconds": summary.get("wall_seconds"),
@@ -223,64 +245,68 @@ def save_demo_results(summary_path: str, dest: str = DEMO_RESULTS) -> None:
         "pretrained": kept(summary["pretrained"]),
         "scratch": kept(summary["scratch"]) if "scratch" in summary else None,
     }
+    runs = load_demo_results(dest)
+    runs[_run_key(run["machine"])] = run
     with open(dest, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
+        json.dump({"runs": dict(sorted(runs.items()))}, f, indent=2)
         f.write("\n")
 
 
 def demo_rows(path: str = DEMO_RESULTS) -> list[str]:
-    """The measured-here table: from ``path``, or "pending" rows without it."""
-    import json
+    """The measured-here table, one row per kind of machine recorded in ``path`` (AVX2 first,
+    then by rising capability), or a "pending" row without any."""
+    head = [
+        "| machine | schedule, detector iterations | classifier top-1 error % | AP / AP50 "
+        "| AP / AP50, TTA | VOC07 mAP | from scratch: AP / AP50 | from scratch, TTA |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    runs = load_demo_results(path)
+    if not runs:
+        return head + [f"| {PENDING} | | | | | | | |"]
+    order = ["avx2", "avx512", "avx512_bf16", "amx", "other"]  # keys of CPU_KINDS
 
-    head = ["| config | metric | value |", "|---|---|---|"]
-    if not os.path.isfile(path):
-        return head + [
-            f"| shapes_cls_r18 | val top-1 error % | {PENDING} |",
-            f"| shapes_r18_fpn | shapes_val box AP (COCO) / AP50 | {PENDING} |",
-            f"| shapes_r18_fpn | shapes_val mAP (VOC 07 11-point) | {PENDING} |",
-        ]
-    with open(path, encoding="utf-8") as f:
-        r = json.load(f)
-    pre, scr = r["pretrained"], r["scratch"]
+    def rank(item: tuple[str, dict]) -> tuple[int, str]:
+        m = item[1].get("machine") or {}
+        return order.index(cpu_kind(m.get("isa", ()))) if m else len(order), item[0]
 
+    rows = [_run_row(run) for _, run in sorted(runs.items(), key=rank)]
+    return [
+        "`make demo` on each kind of machine it was run on, the latest run of each "
+        "(`--demo-summary` replaces the row of the machine it ran on). A schedule's "
+        "iteration and precision overrides of these configs are in `resdet_apps/demo.py`, "
+        "`SCHEDULES`; `make demo` fits the detector iterations to the CPU's measured speed "
+        "(`resdet_apps/demo_fit.py`); the detector (shapes_r18_fpn) is fine-tuned from the "
+        "shapes_cls_r18 classifier; COCO AP / AP50 and VOC 07 11-point mAP on shapes_val, "
+        "in %; TTA: the test-time views fused (`TEST.AUG`).",
+        "",
+        *head,
+        *rows,
+    ]
+
+
+def _run_row(r: dict) -> str:
     def pct(x: float) -> str:
         return f"{100 * x:.1f}"
 
-    scratch_ap = f" (from scratch: {pct(scr['AP'])} / {pct(scr['AP50'])})" if scr else ""
-    scratch_voc = f" (from scratch: {pct(scr['VOC07_mAP'])})" if scr else ""
-    iters = f", {r['det_iters']} detector iterations" if r.get("det_iters") else ""
+    def ap(run: dict | None) -> str:
+        return f"{pct(run['AP'])} / {pct(run['AP50'])}" if run else "-"
+
+    def tta(run: dict | None) -> str:
+        return ap(run.get("tta")) if run else "-"
+
     m = r.get("machine")
-    cpu = f"{m['cpu']} ({m['cores']} cores, flags {' '.join(m['isa'])})" if m else "a 2-core CPU"
-    if m and m.get("device", "cpu") != "cpu":
-        cpu += f", detectors trained on {m['device']}"
-    return [
-        f"`make demo` schedule `{r['schedule']}`{iters} on {cpu}. A schedule's iteration "
-        "and precision overrides of these configs are in `resdet_apps/demo.py`, `SCHEDULES`; "
-        "`make demo` fits the detector iterations to the CPU's measured speed "
-        "(`resdet_apps/demo_fit.py`); the detector is fine-tuned from the shapes_cls_r18 "
-        "classifier.",
-        "",
-        *head,
-        f"| shapes_cls_r18 | val top-1 error % (crops) | {pct(r['top1_err'])} |",
-        f"| shapes_r18_fpn | shapes_val box AP / AP50 (COCO, %) | {pct(pre['AP'])} / "
-        f"{pct(pre['AP50'])}{scratch_ap} |",
-        f"| shapes_r18_fpn | shapes_val mAP (VOC 07 11-point, %) | {pct(pre['VOC07_mAP'])}"
-        f"{scratch_voc} |",
-    ] + tta_rows(pre, scr)
-
-
-def tta_rows(pre: dict, scr: dict | None) -> list[str]:
-    """The test-time-augmented row (``TEST.AUG``: the views fused), when the run has one."""
-    if "tta" not in pre:
-        return []
-    t = pre["tta"]
-    scratch = ""
-    if scr and "tta" in scr:
-        scratch = f" (from scratch: {100 * scr['tta']['AP']:.1f} / {100 * scr['tta']['AP50']:.1f})"
-    return [
-        "| shapes_r18_fpn | shapes_val box AP / AP50 (COCO, %), test-time views fused (TTA) | "
-        f"{100 * t['AP']:.1f} / {100 * t['AP50']:.1f}{scratch} |"
-    ]
+    if m:
+        where = f"{m['cpu']} ({m['cores']} cores, flags {' '.join(m['isa'])})"
+        if m.get("device", "cpu") != "cpu":
+            where += f", detectors trained on {m['device']}"
+    else:
+        where = "a 2-core CPU"
+    iters = f", {r['det_iters']}" if r.get("det_iters") else ""
+    pre, scr = r["pretrained"], r["scratch"]
+    return (
+        f"| {where} | `{r['schedule']}`{iters} | {pct(r['top1_err'])} | {ap(pre)} | "
+        f"{tta(pre)} | {pct(pre['VOC07_mAP'])} | {ap(scr)} | {tta(scr)} |"
+    )
 
 
 def render() -> str:

@@ -35,27 +35,37 @@ def test_demo_rows_come_from_the_recorded_summary(zoo, tmp_path):
     zoo.save_demo_results(_summary(tmp_path), dest)
     rows = "\n".join(zoo.demo_rows(dest))
     assert "pending" not in rows
-    assert "| shapes_cls_r18 | val top-1 error % (crops) | 14.8 |" in rows
-    assert "35.3 / 57.3 (from scratch: 6.0 / 14.2)" in rows
-    assert "56.9 (from scratch: 16.6)" in rows
-    assert "schedule `default`, 1300 detector iterations on a 2-core CPU" in rows  # as it says
+    # machine, schedule + iterations, classifier error, AP / AP50, TTA, VOC, scratch, scratch TTA
+    row = "| a 2-core CPU | `default`, 1300 | 14.8 | 35.3 / 57.3 | - | 56.9 | 6.0 / 14.2 | - |"
+    assert row in rows
     # A summary that names its machine (the demo's since it records one) puts it there.
     machine = {"cpu": "AMD EPYC", "isa": ["avx2", "fma"], "cores": 2}
     zoo.save_demo_results(_summary(tmp_path, machine=machine), dest)
     rows = "\n".join(zoo.demo_rows(dest))
-    assert "1300 detector iterations on AMD EPYC (2 cores, flags avx2 fma)." in rows
+    assert "| AMD EPYC (2 cores, flags avx2 fma) | `default`, 1300 |" in rows
     zoo.save_demo_results(_summary(tmp_path, machine={**machine, "device": "cuda:0"}), dest)
     rows = "\n".join(zoo.demo_rows(dest))
-    assert "(2 cores, flags avx2 fma), detectors trained on cuda:0." in rows
-    assert "TTA" not in rows  # a summary without test-time augmentation has no such row
-    # With the final evaluation's fused views (TEST.AUG), their AP / AP50 get a row.
+    assert "(2 cores, flags avx2 fma), detectors trained on cuda:0 |" in rows
+    # With the final evaluation's fused views (TEST.AUG), their AP / AP50 fill the TTA columns.
     tta = {"AP": 0.4, "AP50": 0.6}
-    path = _summary(
-        tmp_path, pretrained={"AP": 0.353, "AP50": 0.573, "VOC07_mAP": 0.569, "tta": tta}
-    )
-    zoo.save_demo_results(path, dest)
+    pre = {"AP": 0.353, "AP50": 0.573, "VOC07_mAP": 0.569, "tta": tta}
+    zoo.save_demo_results(_summary(tmp_path, machine=machine, pretrained=pre), dest)
     rows = "\n".join(zoo.demo_rows(dest))
-    assert "views fused (TTA) | 40.0 / 60.0 |" in rows
+    assert "| 35.3 / 57.3 | 40.0 / 60.0 | 56.9 | 6.0 / 14.2 | - |" in rows
+
+
+def test_one_row_per_kind_of_machine(zoo, tmp_path):
+    dest = str(tmp_path / "measured.json")
+    epyc = {"cpu": "AMD EPYC", "isa": ["avx2"], "cores": 2}
+    zen4 = {"cpu": "AMD EPYC", "isa": ["avx2", "avx512f", "avx512_bf16"], "cores": 2}
+    xeon = {"cpu": "Intel Xeon", "isa": ["avx2", "avx512f", "avx512_bf16", "amx_bf16"], "cores": 2}
+    for machine, iters in ((xeon, 5500), (zen4, 4600), (epyc, 1500), (epyc, 2900)):
+        zoo.save_demo_results(_summary(tmp_path, machine=machine, det_iters=iters), dest)
+    rows = [r for r in zoo.demo_rows(dest) if r.startswith("| ") and "`default`" in r]
+    # The same CPU name with other flags is another machine; a re-run replaces its own row.
+    iters = [r.split(" | ")[1] for r in rows]
+    assert iters == ["`default`, 2900", "`default`, 4600", "`default`, 5500"]
+    assert "flags avx2)" in rows[0] and "amx_bf16)" in rows[2]  # AVX2 first, AMX last
 
 
 def test_an_unfinished_summary_is_refused(zoo, tmp_path):
