@@ -12,6 +12,7 @@ with the config's test transform (shorter side ``INPUT.MIN_SIZE_TEST``, longer s
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
@@ -151,10 +152,12 @@ def resolve_class_names(
 
 
 def _with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
-    """``cfg`` with ``KEY VALUE`` overrides applied (through a YAML round trip, so they are
-    parsed and checked exactly as on the command line)."""
+    """A copy of ``cfg`` with ``KEY VALUE`` overrides applied (through a YAML round trip, so
+    they are parsed and checked exactly as on the command line). The caller's ``cfg`` is never
+    changed: the Predictor resolves settings (the class count, the score threshold) on its own
+    copy."""
     if not overrides:
-        return cfg
+        return copy.deepcopy(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "config.yaml")
         save_config(cfg, path)
@@ -173,8 +176,8 @@ class Predictor:
     and camera photos share one size and batch fully.
 
     Args:
-        config: a :class:`Config`, a YAML path, or None to use the config stored in the
-            checkpoint (every resdet checkpoint has one).
+        config: a :class:`Config` (copied: the Predictor never changes it), a YAML path, or
+            None to use the config stored in the checkpoint (every resdet checkpoint has one).
         weights: a resdet detector checkpoint (``.pth``).
         device: "auto" (CUDA when available), "cpu" or "cuda".
         score_thresh: keep detections scoring above this (default ``SCORE_THRESH_TEST``).

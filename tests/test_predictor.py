@@ -251,3 +251,14 @@ def test_test_time_augmentation_one_view_is_the_plain_answer_and_flip_fuses(chec
     np.testing.assert_allclose(fused[0].scores, expected["scores"].numpy(), rtol=1e-5)
     np.testing.assert_array_equal(fused[0].labels, expected["labels"].numpy())
     assert (fused[0].scores > 0.2).all() and (np.diff(fused[0].scores) <= 0).all()
+
+
+def test_a_config_object_passed_in_is_not_changed(checkpoint):
+    # The Predictor resolves its settings on a copy: the caller's Config keeps its values.
+    path, _ = checkpoint
+    cfg = load_config(None, [*TINY, "MODEL.ROI_HEADS.NUM_CLASSES", "0"])  # the last one wins
+    before = config_to_dict(cfg)
+    predictor = Predictor(cfg, path, score_thresh=0.9)
+    assert predictor.cfg.MODEL.ROI_HEADS.NUM_CLASSES == 3  # from the checkpoint's config
+    assert predictor.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == 0.9
+    assert config_to_dict(cfg) == before
