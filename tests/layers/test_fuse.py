@@ -22,7 +22,8 @@ from resdet.layers.fuse import (
     winograd_available,
 )
 from resdet.layers.winograd import WINOGRAD_MIN_SIZE
-from resdet.modeling.backbone.resnet import BasicBlock, Bottleneck
+from resdet.modeling.backbone.resnet import BasicBlock, Bottleneck, ResNet
+from resdet.utils.calibrate import calibrate_
 
 PATHS = ["fused", "fallback"] if mkldnn_fusion_available() else ["fallback"]
 
@@ -78,6 +79,59 @@ def test_fused_conv_under_bf16_autocast(relu, residual):
             plain = F.conv2d(x, fused.weight, fused.bias, 1, 1)
         plain = F.relu(plain) if relu else plain
         torch.testing.assert_close(doubled.float(), plain, rtol=2e-2, atol=5e-2)
+
+
+@pytest.mark.skipif(not mkldnn_fusion_available(), reason="no oneDNN fused convolutions")
+@pytest.mark.parametrize("autocast", [False, True])
+def test_accumulate_writes_the_sum_into_the_residual(autocast):
+    torch.manual_seed(0)
+    fused = FusedConv2d(nn.Conv2d(8, 16, 1), relu=True)
+    x = torch.randn(1, 8, 6, 7).contiguous(memory_format=torch.channels_last)
+    other = torch.randn(1, 16, 6, 7).contiguous(memory_format=torch.channels_last)
+    bf16 = autocast and mkldnn_bf16_available()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        other = other.bfloat16() if bf16 else other
+        expected = fused(x, other)
+        given = other.clone()
+        out = fused(x, given, accumulate=True)
+    assert out.data_ptr() == given.data_ptr()  # no new output: the residual's memory
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def _fused_resnet(hook: bool = False):
+    torch.manual_seed(0)
+    trunk = ResNet(depth=50, width=8, norm="FrozenBN", num_classes=0, out_features=["res2", "res3"])
+    calibrate_(trunk.eval(), lambda: trunk(torch.randn(1, 3, 64, 64)))
+    kept = []
+    if hook:  # a hook that keeps res2's first block's output
+        trunk.layer1[0].register_forward_hook(lambda m, i, o: kept.append(o))
+    return trunk, fuse_for_inference(fold_frozen_bn(trunk)), kept
+
+
+@pytest.mark.skipif(not mkldnn_fusion_available(), reason="no oneDNN fused convolutions")
+def test_blocks_after_the_first_add_into_their_input_unless_hooked():
+    trunk, fused, _ = _fused_resnet()
+    owns = [[b.owns_input for b in stage] for stage in (fused.layer1, fused.layer2)]
+    assert owns == [
+        [False, True, True],
+        [False, True, True, True],
+    ]  # the first reads the stage's input
+    x = torch.randn(1, 3, 64, 64)
+    seen = {}  # (the hooks return None: a returned value would replace the input / output)
+    fused.layer1[1].register_forward_pre_hook(lambda m, i: seen.update(i=i[0].data_ptr()))
+    fused.layer1[1].register_forward_hook(lambda m, i, o: seen.update(o=o.data_ptr()))
+    with torch.inference_mode():
+        got, want = fused(x), trunk(x)
+    assert seen["o"] == seen["i"]  # the sum went into the block's input
+    for name in ("res2", "res3"):  # the stage outputs the FPN reads are intact
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-4)
+    # A forward hook on a block may keep its output: the next block then writes a new tensor.
+    trunk, fused, kept = _fused_resnet(hook=True)  # the copies keep the hook
+    assert not fused.layer1[1].owns_input and fused.layer1[2].owns_input
+    with torch.inference_mode():
+        fused(x)  # kept[0]: the fused first block's output, after the whole forward
+        trunk(x)  # kept[1]: the plain one's
+    torch.testing.assert_close(kept[0], kept[1], rtol=1e-4, atol=1e-4)
 
 
 def test_fused_block_needs_a_folded_block():

@@ -67,6 +67,10 @@ class _Block(nn.Module):
     expansion: int  # output channels / width
     kernel_sizes: Tuple[int, ...]  # of conv1..convK
     fused = False  # set by fuse(): forward runs the fused convolutions
+    # Set by the ResNet's fuse() on every block of a stage but the first: its input is the
+    # previous block's output, which nothing else reads, so the fused join may write the
+    # residual sum into it (no new large activation; FusedConv2d's ``accumulate``).
+    owns_input = False
 
     def __init__(
         self,
@@ -132,10 +136,12 @@ class _Block(nn.Module):
         """The last convolution and norm on ``out``, plus the shortcut of ``x``, then ReLU."""
         conv, norm = getattr(self, f"conv{self.num_convs}"), self.norms()[-1]
         if self.fused:
-            identity = None
-            if self.residual:
-                identity = x if self.downsample is None else self.downsample(x)
-            return conv(out, identity)  # add and ReLU inside the convolution
+            if not self.residual:
+                return conv(out)
+            if self.downsample is None:  # the sum may go into x where nothing else reads it
+                return conv(out, x, accumulate=self.owns_input)
+            # add and ReLU inside the convolution, the sum into the shortcut's new output
+            return conv(out, self.downsample(x), accumulate=True)
         out = norm(conv(out))
         if self.residual:
             out = out + (x if self.downsample is None else self.downsample(x))

@@ -209,10 +209,16 @@ class ResNet(Backbone):
     def fuse(self, winograd: bool = False) -> None:
         """For inference, in place: a stem whose norm was folded runs conv + bias + ReLU as
         one :class:`~resdet.layers.fuse.FusedConv2d` (the blocks fuse themselves; ``winograd``
-        is not used: the 7x7 stem has no Winograd form here)."""
+        is not used: the 7x7 stem has no Winograd form here). Every block of a stage but the
+        first may write its residual sum into its input (``owns_input``), unless a hook could
+        keep that tensor: the previous block's forward hooks or the block's pre-hooks."""
         if isinstance(self.bn1, nn.Identity) and type(self.conv1) is nn.Conv2d:
             self.conv1 = FusedConv2d(self.conv1, relu=True)
             self.relu = nn.Identity()  # the ReLU now runs inside conv1
+        for stage in self.stages():
+            for prev, block in zip(stage, list(stage)[1:]):
+                hooked = prev._forward_hooks or block._forward_pre_hooks
+                block.owns_input = not hooked
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         shapes = {n: s for n, s in self._shapes.items() if n in self.out_features}
