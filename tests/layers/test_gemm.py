@@ -83,9 +83,12 @@ def test_ordinary_convolution_where_the_gemms_do_not_apply(monkeypatch):
 def test_switch_keeps_keys_outputs_and_gradients(monkeypatch):
     monkeypatch.setattr(gemm, "GEMM_MIN_PIXELS", 0)  # the tiny model's maps are small
     model, _ = tiny_detector("fpn")
+    # The reference folds its BN as well: folding alone changes float rounding in the forward
+    # enough to flip a few ReLUs near zero (the RPN conv's weight gradient then moved by 3e-4
+    # of its largest entry on an AVX-512 CPU), which is not the GEMMs' doing.
+    fold_frozen_bn_training_(model)
     live = copy.deepcopy(model)
     keys, params = list(live.state_dict()), [id(p) for p in live.parameters()]
-    fold_frozen_bn_training_(live)
     names = gemm_training_(live)
     assert list(live.state_dict()) == keys
     assert [id(p) for p in live.parameters()] == params  # an optimizer built before still fits
