@@ -349,7 +349,7 @@ def run_demo(opts: DemoOptions) -> Dict[str, Any]:
         t_start, timer = time.perf_counter(), run.timer
         configs, val = build_configs(opts, data_root)
         if opts.fit and not opts.det_iters:
-            n = fitted_det_iters(opts.output, opts.schedule, configs)  # 0: on a GPU
+            n = fitted_det_iters(opts.output, opts.schedule, configs, parallel=opts.parallel)
             opts = dataclasses.replace(opts, det_iters=n, fit=n > 0)
             configs, val = build_configs(opts, data_root)
 

@@ -59,6 +59,7 @@ from resdet.utils.machine import cpu_has_flag
 __all__ = [
     "DECIDE_MODES",
     "bf16_pays",
+    "probe_size",
     "channels_last_pays_for_training",
     "cpu_training_path",
     "decide_mode",
@@ -124,7 +125,9 @@ def _probe_target(model: Optional[nn.Module]) -> Optional[nn.Module]:
     return model
 
 
-def _probe_size(cfg: Config, train: bool) -> int:
+def probe_size(cfg: Config, train: bool) -> int:
+    """The shorter side of the probe images :func:`training_step_times` and the inference
+    measurement use: the config's smallest size, within [32, ``PROBE_MAX_SIZE``]."""
     sizes = cfg.INPUT.MIN_SIZE_TRAIN if train else [cfg.INPUT.MIN_SIZE_TEST]
     return max(32, min(min(sizes), PROBE_MAX_SIZE))
 
@@ -143,7 +146,7 @@ def _times(
     model_cfg.WEIGHTS, model_cfg.BACKBONE.PRETRAINED = "", ""
     settings = repr(model_cfg)
     return measured_times(
-        target, _probe_size(cfg, train), train=train, settings=settings, remeasure=remeasure
+        target, probe_size(cfg, train), train=train, settings=settings, remeasure=remeasure
     )
 
 

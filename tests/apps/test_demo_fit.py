@@ -4,7 +4,10 @@ build_configs gives it to both detectors."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import time
 
 import pytest
 
@@ -42,16 +45,26 @@ def test_fitted_iterations_are_measured_once_and_kept(tmp_path, monkeypatch):
         return {"nchw": 0.3, "channels_last": 0.25} if cfg.MODEL.BACKBONE.NORM == "FrozenBN" \
             else {"nchw": 0.35, "winograd": 0.5}  # fmt: skip
 
+    busy = []  # the configs the other core was kept busy with while timing
+
+    @contextlib.contextmanager
+    def other_core_busy(cfg):
+        busy.append(cfg.MODEL.BACKBONE.NORM)
+        yield "the sibling"
+
     monkeypatch.setattr("resdet.accel.training_step_times", step_times)
     monkeypatch.setattr(demo_fit, "_classifier_seconds", lambda cfg: 120.0)
     monkeypatch.setattr(demo_fit, "STEP_OVERHEAD", 2.0)
+    monkeypatch.setattr(demo_fit, "other_core_busy", other_core_busy)
     opts, configs = _configs(tmp_path)
     n = fitted_det_iters(opts.output, opts.schedule, configs, budget=600.0)
+    assert busy == ["BN"]  # beside the from-scratch chain's detector, as the demo trains
     # The fastest path of each x STEP_OVERHEAD (batch 2, as the probe): from scratch binds.
     assert n == fit_iterations(120.0, 0.5, 0.7, budget=600.0) == 800  # 600 / 0.7 = 857
     assert sorted(timed) == ["BN", "FrozenBN"]
     saved = json.loads((tmp_path / "o" / demo_fit.FIT_FILE).read_text())
     assert saved["det_iters"] == n and saved["schedule"] == "default"
+    assert saved["timed_beside_a_busy_core"]
     # A re-run (resuming) reads the count back: same settings, nothing timed again.
     monkeypatch.setattr(demo_fit, "_classifier_seconds", pytest.fail)
     assert fitted_det_iters(opts.output, opts.schedule, configs, budget=600.0) == n
@@ -64,6 +77,29 @@ def test_fitted_iterations_are_measured_once_and_kept(tmp_path, monkeypatch):
     assert len(timed) == 4
     assert fitted_det_iters(opts.output, "bf16", configs, budget=1200.0) == longer
     assert len(timed) == 6
+    # Chains one after the other (--sequential): the probes are timed alone.
+    busy.clear()
+    fitted_det_iters(opts.output, "quick", configs, budget=1200.0, parallel=False)
+    assert busy == []
+    saved = json.loads((tmp_path / "o" / demo_fit.FIT_FILE).read_text())
+    assert not saved["timed_beside_a_busy_core"]
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: nothing to keep busy")
+def test_the_other_core_is_kept_busy_while_the_fit_times(tmp_path):
+    _, configs = _configs(tmp_path, schedule="quick")
+
+    def cpu_seconds(pid: int) -> float:  # user + system time of a process, from /proc
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    with demo_fit.other_core_busy(configs["scratch"]) as proc:
+        assert proc is not None and proc.poll() is None  # started, computing
+        if os.path.exists(f"/proc/{proc.pid}/stat"):
+            before = cpu_seconds(proc.pid)
+            time.sleep(1.0)
+            assert cpu_seconds(proc.pid) - before > 0.5  # most of a core
+    assert proc.poll() is not None  # stopped with the block
 
 
 def test_bf16_schedules_fit_on_the_bf16_time(tmp_path, monkeypatch):
