@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Dict, Iterator, Optional
 
@@ -71,12 +72,15 @@ STEP_OVERHEAD = 1.1
 # chain beside it. Measured there: 222 s for 1,400 steps (0.159 s each) timed at 0.089-0.100 s
 # (1.6-1.8x) before the decoded-crop cache; since it, at 1.8x the fit predicted 131, 118, 120
 # and 237 s for runs of 119, 111, 104 and 173 s (1.07-1.37x too long): 1.7 keeps the
-# prediction at or above the run in all four.
+# prediction at or above the run in all four. Those steps were timed alone; now timed beside a
+# busy core they already hold the other chain's part, so 1.7 predicts a little high there.
 CLS_OVERHEAD = 1.7
 MIN_ITERS, MAX_ITERS = 500, 6000
 FIT_FILE = "fitted_schedule.json"
-# The sibling's own deadline, should the fit end without stopping it.
+# The sibling's own deadline, should the fit end without stopping it, and how long it may take
+# to start computing (imports and building a detector: 3-5 s here) before the fit goes on alone.
 SIBLING_SECONDS = 300.0
+SIBLING_START_SECONDS = 60.0
 # The sibling: training passes of a detector, one thread, until killed or its deadline.
 _SIBLING = """
 import sys, time, torch
@@ -106,24 +110,50 @@ def other_core_busy(cfg: Config) -> Iterator[Optional[subprocess.Popen]]:
     counts), one thread, stopped when the block ends. Yields the process once it computes, or
     None (a one-core machine; a process that failed to start: the probes are then timed alone,
     and a warning says so)."""
-    if (os.cpu_count() or 1) < 2:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if (cores or 1) < 2:
         yield None
         return
+    import resdet
+
+    # The sibling imports resdet as this process does, installed or from a checkout.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(resdet.__file__)))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "sibling.yaml")
         sibling = copy.deepcopy(cfg)
         sibling.MODEL.WEIGHTS, sibling.MODEL.BACKBONE.PRETRAINED = "", ""
         save_config(sibling, path)
         cmd = [sys.executable, "-c", _SIBLING, path, str(SIBLING_SECONDS)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
         try:
-            running = proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            running = _started(proc, SIBLING_START_SECONDS)
             if not running:
                 logger.warning("the fit's sibling load did not start: probes timed alone")
             yield proc if running else None
         finally:
             proc.kill()
             proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def _started(proc: subprocess.Popen, timeout: float) -> bool:
+    """Whether ``proc`` printed "ready" within ``timeout`` seconds (read in a thread: a child
+    that hangs before it never blocks the fit)."""
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout or ():
+            if line.strip() == "ready":
+                ready.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    return ready.wait(timeout)
 
 
 def fit_iterations(

@@ -215,6 +215,8 @@ def load_demo_results(path: str = DEMO_RESULTS) -> dict[str, dict]:
         return {}
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
+    if "runs" not in data:  # the single run recorded before one was kept per machine
+        return {_run_key(data.get("machine")): data}
     return data["runs"]
 
 

@@ -68,6 +68,15 @@ def test_one_row_per_kind_of_machine(zoo, tmp_path):
     assert "flags avx2)" in rows[0] and "amx_bf16)" in rows[2]  # AVX2 first, AMX last
 
 
+def test_a_file_of_one_run_is_read_as_that_machines_row(zoo, tmp_path):
+    dest = tmp_path / "measured.json"
+    zoo.save_demo_results(_summary(tmp_path, machine={"cpu": "X", "isa": ["avx2"], "cores": 2}),
+                          str(dest))  # fmt: skip
+    single = json.loads(dest.read_text())["runs"]["X | avx2 | cpu"]
+    dest.write_text(json.dumps(single))  # the layout before one run was kept per machine
+    assert zoo.load_demo_results(str(dest)) == {"X | avx2 | cpu": single}
+
+
 def test_an_unfinished_summary_is_refused(zoo, tmp_path):
     path = tmp_path / "summary.json"
     path.write_text(json.dumps({"schedule": "default", "steps": {}}))

@@ -52,6 +52,22 @@ def _shortcut(
     )
 
 
+def global_hooks() -> bool:
+    """Whether module hooks registered for every module (``register_module_forward_hook``)
+    could see a block's tensors: then no block writes into one it did not create."""
+    from torch.nn.modules import module as nn_module
+
+    return bool(
+        getattr(nn_module, "_global_forward_hooks", None)
+        or getattr(nn_module, "_global_forward_pre_hooks", None)
+    )
+
+
+def hooked(module: nn.Module) -> bool:
+    """Whether a forward hook or pre-hook sits on ``module`` or any module inside it."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
 class _Block(nn.Module):
     """What the basic and bottleneck blocks share: convolutions ``conv1..convK`` each followed
     by ``bn1..bnK`` (built from the block's ``kernel_sizes``), the shortcut (``downsample``,
@@ -67,9 +83,10 @@ class _Block(nn.Module):
     expansion: int  # output channels / width
     kernel_sizes: Tuple[int, ...]  # of conv1..convK
     fused = False  # set by fuse(): forward runs the fused convolutions
-    # Set by the ResNet's fuse() on every block of a stage but the first: its input is the
-    # previous block's output, which nothing else reads, so the fused join may write the
-    # residual sum into it (no new large activation; FusedConv2d's ``accumulate``).
+    # Set by the ResNet's fuse() on every block of a stage but the first, unless a hook on it
+    # or on the previous block could see or keep that tensor: its input is the previous
+    # block's output, which nothing else reads, so the fused join may write the residual sum
+    # into it (no new large activation; FusedConv2d's ``accumulate``).
     owns_input = False
 
     def __init__(
@@ -139,9 +156,12 @@ class _Block(nn.Module):
             if not self.residual:
                 return conv(out)
             if self.downsample is None:  # the sum may go into x where nothing else reads it
-                return conv(out, x, accumulate=self.owns_input)
+                return conv(out, x, accumulate=self.owns_input and not global_hooks())
             # add and ReLU inside the convolution, the sum into the shortcut's new output
-            return conv(out, self.downsample(x), accumulate=True)
+            # (a fused convolution's, unhooked: option A's zero padding may return a view of x)
+            ds = self.downsample
+            fresh = isinstance(ds, FusedConv2d) and not ds._forward_hooks and not global_hooks()
+            return conv(out, ds(x), accumulate=fresh)
         out = norm(conv(out))
         if self.residual:
             out = out + (x if self.downsample is None else self.downsample(x))

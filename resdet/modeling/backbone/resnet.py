@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from resdet.layers.fuse import FusedConv2d
 from resdet.layers.norm import freeze_batchnorm, get_norm
 from resdet.modeling.backbone.base import Backbone, ShapeSpec
-from resdet.modeling.backbone.blocks import BasicBlock, Bottleneck, ZeroPadShortcut
+from resdet.modeling.backbone.blocks import BasicBlock, Bottleneck, ZeroPadShortcut, hooked
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "ZeroPadShortcut", "build_resnet"]
 
@@ -211,14 +211,15 @@ class ResNet(Backbone):
         one :class:`~resdet.layers.fuse.FusedConv2d` (the blocks fuse themselves; ``winograd``
         is not used: the 7x7 stem has no Winograd form here). Every block of a stage but the
         first may write its residual sum into its input (``owns_input``), unless a hook could
-        keep that tensor: the previous block's forward hooks or the block's pre-hooks."""
+        see or keep that tensor: one on the previous block or on this one, or inside them.
+        Hooks are looked for now: register them on the model before it is fused (the fused
+        inference copy keeps them), not on the fused copy."""
         if isinstance(self.bn1, nn.Identity) and type(self.conv1) is nn.Conv2d:
             self.conv1 = FusedConv2d(self.conv1, relu=True)
             self.relu = nn.Identity()  # the ReLU now runs inside conv1
         for stage in self.stages():
             for prev, block in zip(stage, list(stage)[1:]):
-                hooked = prev._forward_hooks or block._forward_pre_hooks
-                block.owns_input = not hooked
+                block.owns_input = not (hooked(prev) or hooked(block))
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         shapes = {n: s for n, s in self._shapes.items() if n in self.out_features}
