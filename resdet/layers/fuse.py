@@ -89,10 +89,11 @@ class FusedConv2d(nn.Module):
     Winograd path. ``residual`` has the output's shape. With ``accumulate`` the caller gives
     ``residual`` up: the oneDNN path writes the sum into its memory and returns it, instead of
     a new output (into a converted copy where ``residual`` is not already channels_last in the
-    computed dtype; the Winograd and plain paths ignore ``accumulate``). A new large activation costs more than its arithmetic on CPU: glibc maps
-    blocks over 32 MB afresh on every allocation, and the kernel faults in and zeroes every
-    page (res2's 64 -> 256 convolution of an 800x1333 image, 69 MB out: 34 ms into a new
-    output, 15 ms into the residual; AVX-512 EPYC, 2 threads).
+    computed dtype; the Winograd and plain paths ignore ``accumulate``). A new large
+    activation costs more than its arithmetic on CPU: glibc maps blocks over 32 MB afresh on
+    every allocation, and the kernel faults in and zeroes every page (res2's 64 -> 256
+    convolution of an 800x1333 image, 69 MB out: 34 ms into a new output, 15 ms into the
+    residual; AVX-512 EPYC, 2 threads).
     """
 
     def __init__(self, conv: nn.Conv2d, relu: bool, winograd: bool = False) -> None:
