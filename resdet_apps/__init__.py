@@ -11,3 +11,12 @@ They stand beside the library, not inside it: ``resdet`` never imports ``resdet_
 - :mod:`resdet_apps.demo`, :mod:`~resdet_apps.demo_steps`, :mod:`~resdet_apps.demo_report`:
   ``make demo``, classification pretraining -> Faster R-CNN on the embedded shapes data.
 """
+
+import os as _os
+import sys as _sys
+
+
+def child_env() -> dict:
+    """The environment for a Python child process that imports resdet and resdet_apps from
+    where this process did (a checkout put on ``sys.path`` by a tool, or an install)."""
+    return {**_os.environ, "PYTHONPATH": _os.pathsep.join(p for p in _sys.path if p)}

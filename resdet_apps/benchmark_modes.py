@@ -27,6 +27,7 @@ from torchvision.ops import box_iou
 
 from resdet.data.shapes_render import make_scene
 from resdet.utils.machine import cpu_has_flag
+from resdet_apps import child_env
 from resdet_apps.benchmark import (
     TRAIN_ONLY_INVALID,
     ModelSpec,
@@ -93,11 +94,8 @@ def measure_memory(
     with open(job, "w") as f:
         json.dump({"spec": spec.name, "mode": mode, "size": list(size), "batch": batch,
                    "threads": threads, "seed": seed, "state": state}, f)  # fmt: skip
-    # The child imports resdet and resdet_apps from where this process did (a checkout put on
-    # sys.path by the tool, or an install).
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     cmd = [sys.executable, "-m", "resdet_apps.benchmark_modes", "--memory-worker", job]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-3:]
         return {"error": f"memory subprocess failed ({proc.returncode}): {' | '.join(tail)}"}

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from resdet.utils.machine import cpu_has_flag
+from resdet_apps import child_env
 from resdet_apps.benchmark import ModelSpec, summarize
 from resdet_apps.peer_worker import RUNTIMES
 
@@ -78,13 +79,11 @@ class PeerRunner:
         self.runtime, self.name = runtime, name
         self.counts: Dict[str, Any] = {}
         self.peak_mb = float("nan")
-        # The child imports resdet_apps from where this process did (a checkout or an install).
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         cmd = [sys.executable, "-m", "resdet_apps.peer_worker", runtime, model, image, str(threads)]
         # stderr to a file: a chatty runtime must not fill a pipe nobody reads and stall.
         self.stderr = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, text=True, env=env)  # fmt: skip
+                                     stderr=self.stderr, text=True, env=child_env())  # fmt: skip
         ready = self._answer()
         self.load_s, self.rss_mb = ready["load_s"], ready["rss_mb"]
 

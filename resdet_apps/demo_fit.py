@@ -45,6 +45,8 @@ import torch.nn.functional as F
 
 from resdet.config.load import save_config
 from resdet.config.schema import Config
+from resdet.utils.machine import usable_cores
+from resdet_apps import child_env
 
 logger = logging.getLogger(__name__)
 
@@ -110,17 +112,9 @@ def other_core_busy(cfg: Config) -> Iterator[Optional[subprocess.Popen]]:
     counts), one thread, stopped when the block ends. Yields the process once it computes, or
     None (a one-core machine; a process that failed to start: the probes are then timed alone,
     and a warning says so)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if (cores or 1) < 2:
+    if usable_cores() < 2:
         yield None
         return
-    import resdet
-
-    # The sibling imports resdet as this process does, installed or from a checkout.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(resdet.__file__)))
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    )
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "sibling.yaml")
         sibling = copy.deepcopy(cfg)
@@ -128,7 +122,7 @@ def other_core_busy(cfg: Config) -> Iterator[Optional[subprocess.Popen]]:
         save_config(sibling, path)
         cmd = [sys.executable, "-c", _SIBLING, path, str(SIBLING_SECONDS)]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
+                                stderr=subprocess.DEVNULL, text=True, env=child_env())  # fmt: skip
         try:
             running = _started(proc, SIBLING_START_SECONDS)
             if not running:

@@ -25,6 +25,7 @@ __all__ = [
     "cpu_kind",
     "cpu_model",
     "machine_info",
+    "usable_cores",
 ]
 
 CPUINFO = "/proc/cpuinfo"
@@ -93,6 +94,14 @@ CPU_KINDS = {
     "avx2": "AVX2 only",
     "other": "other",
 }
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on: its affinity where the system tells it (a container
+    or ``taskset`` may allow fewer than the machine has), else all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def cpu_kind(flags: Optional[Iterable[str]] = None) -> str:

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from resdet.utils.machine import usable_cores
 from resdet_apps import demo_fit
 from resdet_apps.demo import DemoOptions, build_configs
 from resdet_apps.demo_fit import MAX_ITERS, MIN_ITERS, fit_iterations, fitted_det_iters
@@ -85,10 +86,7 @@ def test_fitted_iterations_are_measured_once_and_kept(tmp_path, monkeypatch):
     assert not saved["timed_beside_a_busy_core"]
 
 
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-@pytest.mark.skipif((CORES or 1) < 2, reason="one core: nothing to keep busy")
+@pytest.mark.skipif(usable_cores() < 2, reason="one core: nothing to keep busy")
 def test_the_other_core_is_kept_busy_while_the_fit_times(tmp_path):
     _, configs = _configs(tmp_path, schedule="quick")
 
