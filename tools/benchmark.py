@@ -29,7 +29,7 @@ except ImportError:  # run from a checkout without installing: put the repo root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from resdet.utils.cli import tool_entry, tool_parser
-from resdet.utils.machine import cpu_kind
+from resdet.utils.machine import cpu_kind, cpu_vendor
 from resdet_apps.benchmark_modes import MODES
 from resdet_apps.benchmark_report import (
     BenchOptions,
@@ -40,19 +40,28 @@ from resdet_apps.benchmark_report import (
 )
 
 
-def markers(kind: str) -> tuple[str, str]:
-    """The markers around the table of one CPU kind (``resdet.utils.machine.CPU_KINDS``)."""
-    return f"<!-- benchmark:start cpu={kind} -->", f"<!-- benchmark:end cpu={kind} -->"
+def table_key(machine: dict) -> str:
+    """Which table of the markdown a run's ``machine`` (``machine_info``) writes: its CPU kind
+    (``resdet.utils.machine.CPU_KINDS``) and vendor, e.g. ``avx512_bf16-amd``. The vendor keeps
+    apart CPUs with the same flags that behave differently (bf16 on an EPYC and on a Xeon)."""
+    vendor = cpu_vendor(machine.get("cpu", ""))
+    kind = cpu_kind(machine["isa"])
+    return f"{kind}-{vendor}" if vendor else kind
+
+
+def markers(key: str) -> tuple[str, str]:
+    """The markers around the table of one kind of machine (:func:`table_key`)."""
+    return f"<!-- benchmark:start cpu={key} -->", f"<!-- benchmark:end cpu={key} -->"
 
 
 def _list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def update_markdown(path: str, table: str, kind: str) -> None:
-    """Replace the table of CPU kind ``kind`` in ``path`` (between its markers; appended where
-    absent): one table per kind of CPU measured, the others kept."""
-    start, end = markers(kind)
+def update_markdown(path: str, table: str, key: str) -> None:
+    """Replace the table of machine kind ``key`` (:func:`table_key`) in ``path`` (between its
+    markers; appended where absent): one table per kind of CPU measured, the others kept."""
+    start, end = markers(key)
     text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
     block = f"{start}\n{table}\n{end}"
     if start in text and end in text:
@@ -136,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         write_outputs(results, args.out, results.get("command", ""))
         if args.update_md:
             table = render_markdown(results, results.get("command", ""))
-            update_markdown(args.update_md, table, cpu_kind(results["machine"]["isa"]))
+            update_markdown(args.update_md, table, table_key(results["machine"]))
         print(render_markdown(results, results.get("command", "")))
         return 0
     command = "python tools/benchmark.py " + " ".join(
@@ -152,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {json_path} and {md_path}")
     if args.update_md:
         table = render_markdown(results, command.strip())
-        update_markdown(args.update_md, table, cpu_kind(results["machine"]["isa"]))
+        update_markdown(args.update_md, table, table_key(results["machine"]))
         print(f"updated {args.update_md}")
     return 0
 

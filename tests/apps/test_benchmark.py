@@ -68,11 +68,11 @@ def test_harness_tiny_run_writes_json_and_markdown(tmp_path):
     assert "--size 128 128" in (tmp_path / "re" / "benchmark.md").read_text()
     # A second update for the same kind of CPU replaces its table instead of appending another
     # one; another kind gets a table of its own beside it.
-    kind = cpu_kind(results["machine"]["isa"])
-    assert f"benchmark:start cpu={kind}" in kept
-    tool.update_markdown(str(md), "NEW TABLE", kind)
+    key = tool.table_key(results["machine"])
+    assert f"benchmark:start cpu={key} -->" in kept
+    tool.update_markdown(str(md), "NEW TABLE", key)
     assert md.read_text().count("benchmark:start") == 1 and "| r18_fpn+fuse |" not in md.read_text()
-    other = "amx" if kind != "amx" else "avx2"
+    other = "amx-intel" if key != "amx-intel" else "avx2-amd"
     tool.update_markdown(str(md), "OTHER TABLE", other)
     text = md.read_text()
     assert text.count("benchmark:start") == 2 and "NEW TABLE" in text and "OTHER TABLE" in text
@@ -90,6 +90,18 @@ def test_harness_tiny_run_writes_json_and_markdown(tmp_path):
 )
 def test_cpu_kind_names_the_three_machines(flags, kind):
     assert cpu_kind(flags) == kind
+
+
+@pytest.mark.parametrize(
+    "cpu, key",
+    [
+        ("AMD EPYC", "avx512_bf16-amd"),
+        ("Intel(R) Xeon(R) Processor", "avx512_bf16-intel"),
+        ("QEMU Virtual CPU", "avx512_bf16"),
+    ],
+)
+def test_table_key_keeps_an_epyc_and_a_xeon_with_the_same_flags_apart(cpu, key):
+    assert _tool().table_key({"cpu": cpu, "isa": ["avx2", "avx512f", "avx512_bf16"]}) == key
 
 
 def test_memory_subprocess_reports_its_own_peak(tmp_path):
