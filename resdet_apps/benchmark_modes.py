@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import torch
@@ -40,7 +40,8 @@ from resdet_apps.benchmark import (
     summarize,
     time_alternating,
 )
-from resdet_apps.benchmark_peers import PeerRunner, check_runtimes, start_peers
+from resdet_apps.benchmark_peers import PeerRunner, WorkerRunner, check_runtimes, start_peers
+from resdet_apps.peer_worker import answer_loop
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +63,22 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
 
 
-def memory_worker(job_file: str) -> Dict[str, Any]:
-    """Subprocess side of :func:`measure_memory`: build, load weights, run the work once."""
-    with open(job_file) as f:
-        job = json.load(f)
+def _job_runner(job: Dict[str, Any]) -> Runner:
+    """The :class:`Runner` a worker's job describes: the spec's model built, the parent's
+    calibrated weights loaded, prepared for the job's mode."""
     torch.set_num_threads(job["threads"])
     size = tuple(job["size"])
     spec = ModelSpec.parse(job["spec"])
     model = build_base_model(spec, size, job["seed"])
     model.load_state_dict(torch.load(job["state"], weights_only=True))
-    runner = Runner(spec, model, job["mode"], make_inputs(size, job["batch"], job["seed"]))
+    return Runner(spec, model, job["mode"], make_inputs(size, job["batch"], job["seed"]))
+
+
+def memory_worker(job_file: str) -> Dict[str, Any]:
+    """Subprocess side of :func:`measure_memory`: build, load weights, run the work once."""
+    with open(job_file) as f:
+        job = json.load(f)
+    runner = _job_runner(job)
     before = _rss_bytes()
     runner()
     peak = _peak_rss_bytes()
@@ -82,18 +89,76 @@ def memory_worker(job_file: str) -> Dict[str, Any]:
     }
 
 
+def native_worker(job_file: str) -> int:
+    """Subprocess side of :class:`NativeRunner`: build the job's runner, then run one unit of
+    work per ``run`` line (:func:`resdet_apps.peer_worker.answer_loop`)."""
+    with open(job_file) as f:
+        job = json.load(f)
+
+    def load() -> Tuple[Dict[str, Any], Callable[[], Dict[str, Any]]]:
+        runner = _job_runner(job)
+
+        def run() -> Dict[str, Any]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            runner()
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            return {"wall": wall, "cpu": cpu, "counts": runner.counts}
+
+        return {}, run
+
+    return answer_loop(job["spec"], load)
+
+
+class NativeRunner(WorkerRunner):
+    """A resdet or torchvision model timed in a process of its own (:func:`native_worker`).
+
+    Why: on CPU a large tensor costs page faults on every allocation, and how many depends on
+    what the process allocated before (glibc's mmap threshold moves with the blocks freed).
+    Timed in one process, a model's speed depended on the models beside it: torchvision's
+    R50-FPN took 2.65 s alone and 3.63 s among six resdet variants (AMX Xeon). In a process
+    of its own each model runs as a user's program would. ``first_peak_mb`` is the worker's
+    peak after its first unit of work: what :func:`measure_memory`'s fresh process measures.
+    """
+
+    def __init__(self, spec: ModelSpec, job_file: str) -> None:
+        cmd = [sys.executable, "-m", "resdet_apps.benchmark_modes", "--native-worker", job_file]
+        self.first_peak_mb: Optional[float] = None
+        super().__init__(spec.name, cmd)
+
+    def __call__(self) -> Tuple[float, float]:
+        wall_cpu = super().__call__()
+        if self.first_peak_mb is None:
+            self.first_peak_mb = self.peak_mb
+        return wall_cpu
+
+    def memory(self) -> Dict[str, Any]:
+        """Peak RSS of the worker's first unit of work, the form :func:`measure_memory` gives."""
+        peak = self.first_peak_mb if self.first_peak_mb is not None else float("nan")
+        return {"peak_mb": peak, "before_mb": self.rss_mb, "work_mb": peak - self.rss_mb}
+
+
+def write_job(
+    spec: ModelSpec, model: nn.Module, mode: str, size: Tuple[int, int], batch: int,
+    threads: int, seed: int, tmpdir: str,
+) -> str:  # fmt: skip
+    """The job file a worker builds ``spec``'s runner from (``model``'s weights saved beside it,
+    once per base model)."""
+    state = os.path.join(tmpdir, f"{spec.base}.pt")
+    if not os.path.exists(state):
+        torch.save(model.state_dict(), state)
+    job = os.path.join(tmpdir, f"job-{mode}-{spec.name}.json")
+    with open(job, "w") as f:
+        json.dump({"spec": spec.name, "mode": mode, "size": list(size), "batch": batch,
+                   "threads": threads, "seed": seed, "state": state}, f)  # fmt: skip
+    return job
+
+
 def measure_memory(
     spec: ModelSpec, model: nn.Module, mode: str, size: Tuple[int, int], batch: int,
     threads: int, seed: int, tmpdir: str,
 ) -> Dict[str, Any]:  # fmt: skip
     """Peak RSS of a fresh process doing one unit of ``mode`` work with ``model``'s weights."""
-    state = os.path.join(tmpdir, f"{spec.base}.pt")
-    if not os.path.exists(state):
-        torch.save(model.state_dict(), state)
-    job = os.path.join(tmpdir, "job.json")
-    with open(job, "w") as f:
-        json.dump({"spec": spec.name, "mode": mode, "size": list(size), "batch": batch,
-                   "threads": threads, "seed": seed, "state": state}, f)  # fmt: skip
+    job = write_job(spec, model, mode, size, batch, threads, seed, tmpdir)
     cmd = [sys.executable, "-m", "resdet_apps.benchmark_modes", "--memory-worker", job]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     if proc.returncode != 0:
@@ -115,13 +180,17 @@ def bench_models(
     runtimes: Sequence[str] = (),
     runtime_model: str = "r50_fpn",
     runtimes_skipped: Optional[Dict[str, str]] = None,
+    isolate: bool = True,
 ) -> List[Dict[str, Any]]:
     """Time ``mode`` ("infer" or "train") for every spec, alternating; one row per spec.
 
-    In "infer", ``runtimes`` (onnxruntime, openvino, openvino_bf16) run ``runtime_model``'s
-    ONNX export, each in its own process, alternating with the specs
-    (:mod:`resdet_apps.benchmark_peers`); one row each after the specs' rows. The runtimes that
-    could not run are put into ``runtimes_skipped`` with the reason."""
+    With ``isolate`` (the default) each spec runs in a worker process of its own
+    (:class:`NativeRunner`; its peak memory is the worker's first unit of work), else all in
+    this process (each peak from a fresh process, :func:`measure_memory`). In "infer",
+    ``runtimes`` (onnxruntime, openvino, openvino_bf16) run ``runtime_model``'s ONNX export,
+    each in its own process, alternating with the specs (:mod:`resdet_apps.benchmark_peers`);
+    one row each after the specs' rows. The runtimes that could not run are put into
+    ``runtimes_skipped`` with the reason."""
     if mode == "train":
         skipped = [s.name for s in specs if set(TRAIN_ONLY_INVALID) & set(s.mods)]
         specs = [s for s in specs if s.name not in skipped]
@@ -130,14 +199,20 @@ def bench_models(
     n_images = 1 if mode == "infer" else batch
     inputs = make_inputs(size, n_images, seed)
     bases: Dict[str, nn.Module] = {}
-    runners, rows = [], []
     for spec in specs:
         if spec.base not in bases:
             bases[spec.base] = calibrated_model(spec, size, seed)
-        runners.append(Runner(spec, copy.deepcopy(bases[spec.base]), mode, inputs))
     with tempfile.TemporaryDirectory() as tmpdir:
+        runners: List[Any] = []
         peers: List[PeerRunner] = []
         try:
+            for spec in specs:
+                if isolate:
+                    job = write_job(spec, bases[spec.base], mode, size, n_images, threads, seed,
+                                    tmpdir)  # fmt: skip
+                    runners.append(NativeRunner(spec, job))
+                else:
+                    runners.append(Runner(spec, copy.deepcopy(bases[spec.base]), mode, inputs))
             if mode == "infer" and runtimes:
                 peer = check_runtimes(runtimes, runtime_model)
                 if peer.base not in bases:
@@ -148,8 +223,10 @@ def bench_models(
             names = [s.name for s in specs] + [p.name for p in peers]
             times = time_alternating([*runners, *peers], names, warmup, repeats)
         finally:
-            for p in peers:
-                p.close()
+            for worker in [*runners, *peers]:
+                if isinstance(worker, WorkerRunner):
+                    worker.close()
+        rows = []
         for spec, runner in zip(specs, runners):
             t = times[spec.name]
             row: Dict[str, Any] = {
@@ -158,13 +235,18 @@ def bench_models(
                 "wall": summarize(t["wall"]),
                 "cpu_median": summarize(t["cpu"])["median"],
                 "first_s": t["first_s"],
+                "process": "own" if isolate else "shared",
                 **runner.counts,
             }
             if "compile" in spec.mods:
                 row["compile_s"] = t["first_s"] - row["wall"]["median"]
             if memory and "compile" not in spec.mods:
-                row["memory"] = measure_memory(
-                    spec, bases[spec.base], mode, size, n_images, threads, seed, tmpdir
+                row["memory"] = (
+                    runner.memory()
+                    if isolate
+                    else measure_memory(
+                        spec, bases[spec.base], mode, size, n_images, threads, seed, tmpdir
+                    )
                 )
             rows.append(row)
     return rows + [p.row(times[p.name], memory) for p in peers]
@@ -364,3 +446,5 @@ def bench_bf16(
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--memory-worker":
     print(json.dumps(memory_worker(sys.argv[2])))
+elif __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--native-worker":
+    sys.exit(native_worker(sys.argv[2]))

@@ -70,22 +70,22 @@ def unavailable(runtime: str) -> Optional[str]:
     return None
 
 
-class PeerRunner:
-    """A runtime in its worker process; calling it runs one inference there and returns the
-    worker's ``(wall, cpu)`` seconds (the form :func:`time_alternating` takes from a runner
-    that times itself)."""
+class WorkerRunner:
+    """A benchmark model in a worker process of its own (:func:`resdet_apps.peer_worker.answer_loop`
+    on the other side); calling it runs one unit of work there and returns the worker's
+    ``(wall, cpu)`` seconds, the form :func:`time_alternating` takes from a runner that times
+    itself. ``counts`` (proposals, detections, loss) and ``peak_mb`` are the latest answer's."""
 
-    def __init__(self, runtime: str, name: str, model: str, image: str, threads: int) -> None:
-        self.runtime, self.name = runtime, name
+    def __init__(self, name: str, cmd: List[str]) -> None:
+        self.name = name
         self.counts: Dict[str, Any] = {}
         self.peak_mb = float("nan")
-        cmd = [sys.executable, "-m", "resdet_apps.peer_worker", runtime, model, image, str(threads)]
-        # stderr to a file: a chatty runtime must not fill a pipe nobody reads and stall.
+        # stderr to a file: a chatty library must not fill a pipe nobody reads and stall.
         self.stderr = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.stderr, text=True, env=child_env())  # fmt: skip
-        ready = self._answer()
-        self.load_s, self.rss_mb = ready["load_s"], ready["rss_mb"]
+        self.ready = self._answer()
+        self.load_s, self.rss_mb = self.ready["load_s"], self.ready["rss_mb"]
 
     def _answer(self) -> Dict[str, Any]:
         assert self.proc.stdout is not None
@@ -107,7 +107,7 @@ class PeerRunner:
         self.proc.stdin.write("run\n")
         self.proc.stdin.flush()
         answer = self._answer()
-        self.counts["detections"] = [answer["detections"]]
+        self.counts.update(answer["counts"])
         self.peak_mb = answer["peak_mb"]
         return answer["wall"], answer["cpu"]
 
@@ -122,6 +122,16 @@ class PeerRunner:
                 self.proc.kill()
                 self.proc.wait()
         self.stderr.close()
+
+
+class PeerRunner(WorkerRunner):
+    """A runtime running an exported model in its worker process (:mod:`resdet_apps.peer_worker`,
+    which does not import torch)."""
+
+    def __init__(self, runtime: str, name: str, model: str, image: str, threads: int) -> None:
+        self.runtime = runtime
+        cmd = [sys.executable, "-m", "resdet_apps.peer_worker", runtime, model, image, str(threads)]
+        super().__init__(name, cmd)
 
     def row(self, times: Dict[str, Any], memory: bool) -> Dict[str, Any]:
         """The peer's row of the inference table, from its ``time_alternating`` entry."""

@@ -75,6 +75,9 @@ class BenchOptions:
         default_factory=lambda: ["onnxruntime", "openvino", "openvino_bf16"]
     )
     runtime_model: str = "r50_fpn"
+    # Each model of the inference and training tables in a worker process of its own
+    # (resdet_apps.benchmark_modes.NativeRunner); False: all in this process.
+    isolate: bool = True
 
 
 def run_benchmark(
@@ -108,7 +111,7 @@ def run_benchmark(
             skipped: Dict[str, str] = {}
             out["infer"] = bench_models(specs, "infer", size, opts.warmup, opts.repeats,
                                         1, opts.threads, opts.memory, opts.seed, opts.runtimes,
-                                        opts.runtime_model, skipped)  # fmt: skip
+                                        opts.runtime_model, skipped, opts.isolate)  # fmt: skip
             if opts.runtimes:
                 out["runtimes"] = {"model": opts.runtime_model, "threads": opts.threads,
                                    "skipped": skipped}  # fmt: skip
@@ -116,8 +119,7 @@ def run_benchmark(
             train = [ModelSpec.parse(m) for m in opts.train_models]
             out["train"] = bench_models(
                 train, "train", size, opts.warmup, opts.train_repeats or opts.repeats, opts.batch,
-                opts.threads,
-                opts.memory, opts.seed,
+                opts.threads, opts.memory, opts.seed, isolate=opts.isolate,
             )  # fmt: skip
         elif mode == "backbone":
             # Compiling again for the backbone alone would double the compile time.
@@ -264,6 +266,13 @@ def render_markdown(results: Dict[str, Any], command: str = "") -> str:
               f"{m['loadavg_start'][0]:.1f} at start, {m.get('loadavg_end', ['?'])[0]:.1f} "
               "at end (the machine is shared). Image size "
               f"{h}x{w}; all fp32 unless the name says bf16.", ""]  # fmt: skip
+    rows = [r for r in (results.get("infer") or []) + (results.get("train") or [])
+            if "runtime" not in r]  # fmt: skip
+    if rows:
+        own = all(r.get("process") == "own" for r in rows)
+        lines += ["Each model " + ("timed in a process of its own, alternating rounds with the "
+                  "others (`--in-process`: all in one)." if own else "timed in this one process "
+                  "(`--in-process`), alternating rounds."), ""]  # fmt: skip
     if results.get("infer"):
         lines += ["### Inference (1 image, `torch.inference_mode`)", ""]
         lines += _models_table(results["infer"], "img") + [""] + peer_lines(results)

@@ -9,10 +9,11 @@ the runtime's (in one process they slow each other: resdet measured 1.5-1.9x). T
 (:mod:`resdet_apps.benchmark_peers`) writes ``run`` when it is this peer's turn in a round, so
 the runtimes and the native models alternate and machine-load drift hits them alike.
 
-Protocol: after loading, one line ``{"ready": true, "load_s", "rss_mb"}``; per ``run`` line,
-``{"wall", "cpu", "detections", "peak_mb"}`` (wall and process CPU seconds of the inference
-call alone, measured here; peak resident MB of this process so far); ``quit`` or end of input
-ends it. A failure is ``{"error": "..."}`` and exit status 1.
+Protocol (:func:`answer_loop`, which the benchmark's native models use too): after loading,
+one line ``{"ready": true, "load_s", "rss_mb"}``; per ``run`` line, ``{"wall", "cpu",
+"counts", "peak_mb"}`` (wall and process CPU seconds of the inference call alone, measured
+here; ``counts``: ``{"detections": [n]}``; peak resident MB of this process so far); ``quit``
+or end of input ends it. A failure is ``{"error": "..."}`` and exit status 1.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
@@ -68,8 +69,12 @@ def load_runtime(runtime: str, model: str, threads: int) -> Callable[[np.ndarray
     raise ValueError(f"unknown runtime '{runtime}'; choose from {RUNTIMES}")
 
 
-def serve(runtime: str, model: str, image_file: str, threads: int) -> int:
-    # Answers go to a private copy of stdout; the runtimes' own prints go to stderr.
+def answer_loop(name: str, load: Callable[[], Tuple[Dict[str, Any], Callable[[], Dict]]]) -> int:
+    """The worker side of the protocol above, shared by the runtime peers and the benchmark's
+    native models (:mod:`resdet_apps.benchmark_modes`): ``load()`` returns what ``ready``
+    reports and the call that runs one unit of work and returns its answer (``wall``, ``cpu``,
+    ``counts``); the peak resident MB is added here. Errors are answered, naming ``name``."""
+    # Answers go to a private copy of stdout; what the libraries print goes to stderr.
     answers = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
 
@@ -79,21 +84,33 @@ def serve(runtime: str, model: str, image_file: str, threads: int) -> int:
 
     try:
         t0 = time.perf_counter()
-        image = np.ascontiguousarray(np.load(image_file), np.float32)
-        run = load_runtime(runtime, model, threads)
-        say({"ready": True, "load_s": time.perf_counter() - t0, "rss_mb": _rss_mb("VmRSS")})
+        info, run = load()
+        say({"ready": True, "load_s": time.perf_counter() - t0, "rss_mb": _rss_mb("VmRSS"),
+             **info})  # fmt: skip
         for line in sys.stdin:
             if line.strip() != "run":
                 break
-            t0, c0 = time.perf_counter(), time.process_time()
-            boxes = run(image)[0]
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            say({"wall": wall, "cpu": cpu, "detections": int(len(boxes)),
-                 "peak_mb": _rss_mb("VmHWM")})  # fmt: skip
-    except Exception as e:  # reported to the benchmark, which skips this peer
-        say({"error": f"{runtime}: {type(e).__name__}: {e}"})
+            say({**run(), "peak_mb": _rss_mb("VmHWM")})
+    except Exception as e:  # reported to the benchmark, which names the worker
+        say({"error": f"{name}: {type(e).__name__}: {e}"})
         return 1
     return 0
+
+
+def serve(runtime: str, model: str, image_file: str, threads: int) -> int:
+    def load() -> Tuple[Dict[str, Any], Callable[[], Dict]]:
+        image = np.ascontiguousarray(np.load(image_file), np.float32)
+        infer = load_runtime(runtime, model, threads)
+
+        def run() -> Dict[str, Any]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            boxes = infer(image)[0]
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            return {"wall": wall, "cpu": cpu, "counts": {"detections": [int(len(boxes))]}}
+
+        return {}, run
+
+    return answer_loop(runtime, load)
 
 
 if __name__ == "__main__":

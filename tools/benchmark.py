@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-runtimes", action="store_true", help="no runtime peers")
     p.add_argument("--runtime-model", default=d.runtime_model,
                    help="the resdet model the runtime peers run (default r50_fpn)")  # fmt: skip
+    p.add_argument("--in-process", action="store_true",
+                   help="time every model in this process instead of each in a worker process of "
+                   "its own (the default: page faults, about a tenth of a CPU detector's time, "
+                   "depend on what else a process allocated)")  # fmt: skip
     p.add_argument("--compile", action="store_true", help="add torch.compile variants")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--bf16-size", nargs=2, type=int, default=list(d.bf16_size))
@@ -137,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         bf16_model=args.bf16_model, bf16_train=args.bf16_train, weights=args.weights,
         ap_images=args.ap_images, ap_dataset=args.ap_dataset,
         runtimes=[] if args.no_runtimes else args.runtimes, runtime_model=args.runtime_model,
+        isolate=not args.in_process,
     )  # fmt: skip
     if args.from_json:
         with open(args.from_json, encoding="utf-8") as f:

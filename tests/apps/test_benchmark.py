@@ -11,7 +11,12 @@ from tool_loader import load_tool
 
 from resdet.utils.machine import cpu_kind
 from resdet_apps.benchmark import ModelSpec, Runner, calibrated_model, make_inputs
-from resdet_apps.benchmark_modes import detection_agreement, measure_memory
+from resdet_apps.benchmark_modes import (
+    NativeRunner,
+    bench_models,
+    detection_agreement,
+    measure_memory,
+)
 from resdet_apps.benchmark_report import check_targets
 
 
@@ -48,6 +53,7 @@ def test_harness_tiny_run_writes_json_and_markdown(tmp_path):
     infer = {r["model"]: r for r in results["infer"]}
     # Calibrated weights: both detectors produce proposals and their full 100 detections.
     for name in ("tv_r18_fpn", "r18_fpn+fuse"):
+        assert infer[name]["process"] == "own"  # each model timed in a worker of its own
         assert infer[name]["detections"] == [100]
         assert infer[name]["proposals"][0] > 100
         assert infer[name]["wall"]["median"] > 0
@@ -102,6 +108,29 @@ def test_cpu_kind_names_the_three_machines(flags, kind):
 )
 def test_table_key_keeps_an_epyc_and_a_xeon_with_the_same_flags_apart(cpu, key):
     assert _tool().table_key({"cpu": cpu, "isa": ["avx2", "avx512f", "avx512_bf16"]}) == key
+
+
+def test_own_process_runs_the_parents_weights_and_reports_its_peak():
+    # The same calibrated model timed in a worker and here: the worker gets the parent's
+    # weights, so both find the same proposals and detections; its peak is its own.
+    spec = ModelSpec.parse("r18_fpn+fuse")
+    kw = dict(size=(96, 96), warmup=0, repeats=1, threads=1)
+    own = bench_models([spec], "infer", isolate=True, **kw)[0]
+    here = bench_models([spec], "infer", isolate=False, **kw)[0]
+    assert (own["process"], here["process"]) == ("own", "shared")
+    assert own["proposals"] == here["proposals"] and own["detections"] == here["detections"]
+    assert own["proposals"][0] > 100 and own["wall"]["median"] > 0
+    assert 100 < own["memory"]["peak_mb"] < 4000 and 0 < own["memory"]["work_mb"]
+    train = bench_models([ModelSpec.parse("r18_fpn")], "train", batch=1, memory=False, **kw)[0]
+    assert train["process"] == "own" and train["loss"] > 0 and "memory" not in train
+
+
+def test_own_process_failure_names_the_model(tmp_path):
+    job = tmp_path / "job.json"
+    spec = {"spec": "r18_fpn", "mode": "infer", "size": [64, 64], "batch": 1, "threads": 1}
+    job.write_text(json.dumps({**spec, "seed": 0, "state": str(tmp_path / "gone.pt")}))
+    with pytest.raises(RuntimeError, match=r"r18_fpn worker failed: r18_fpn: .*gone\.pt"):
+        NativeRunner(ModelSpec.parse("r18_fpn"), str(job))
 
 
 def test_memory_subprocess_reports_its_own_peak(tmp_path):
