@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,14 +98,21 @@ def native_worker(job_file: str) -> int:
 
     def load() -> Tuple[Dict[str, Any], Callable[[], Dict[str, Any]]]:
         runner = _job_runner(job)
+        before = _rss_bytes() / 2**20
+        runner()  # the first unit: its peak is the memory figure (what measure_memory reads)
+        info = {"first_peak_mb": _peak_rss_bytes() / 2**20, "before_mb": before}
+        for _ in range(job.get("settle", 0)):
+            runner()
 
         def run() -> Dict[str, Any]:
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0, c0 = time.perf_counter(), time.process_time()
             runner()
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            return {"wall": wall, "cpu": cpu, "counts": runner.counts}
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+            return {"wall": wall, "cpu": cpu, "faults": faults, "counts": runner.counts}
 
-        return {}, run
+        return info, run
 
     return answer_loop(job["spec"], load)
 
@@ -116,30 +124,38 @@ class NativeRunner(WorkerRunner):
     what the process allocated before (glibc's mmap threshold moves with the blocks freed).
     Timed in one process, a model's speed depended on the models beside it: torchvision's
     R50-FPN took 2.65 s alone and 3.63 s among six resdet variants (AMX Xeon). In a process
-    of its own each model runs as a user's program would. ``first_peak_mb`` is the worker's
-    peak after its first unit of work: what :func:`measure_memory`'s fresh process measures.
+    of its own each model runs as a user's program would. The worker runs its first unit of
+    work before it reports ready (its peak is the memory figure, what :func:`measure_memory`'s
+    fresh process measures), then ``SETTLE_UNITS`` more: a new process takes a few units to
+    settle (glibc raises its mmap threshold as blocks are freed; torchvision's first three
+    inferences in a worker took 5.0-5.5, 3.1 and 2.8 s). ``faults`` holds the minor page
+    faults of each timed unit.
     """
 
     def __init__(self, spec: ModelSpec, job_file: str) -> None:
         cmd = [sys.executable, "-m", "resdet_apps.benchmark_modes", "--native-worker", job_file]
-        self.first_peak_mb: Optional[float] = None
+        self.faults: List[int] = []
         super().__init__(spec.name, cmd)
 
     def __call__(self) -> Tuple[float, float]:
         wall_cpu = super().__call__()
-        if self.first_peak_mb is None:
-            self.first_peak_mb = self.peak_mb
+        self.faults.append(self.answer["faults"])
         return wall_cpu
 
     def memory(self) -> Dict[str, Any]:
         """Peak RSS of the worker's first unit of work, the form :func:`measure_memory` gives."""
-        peak = self.first_peak_mb if self.first_peak_mb is not None else float("nan")
-        return {"peak_mb": peak, "before_mb": self.rss_mb, "work_mb": peak - self.rss_mb}
+        peak, before = self.ready["first_peak_mb"], self.ready["before_mb"]
+        return {"peak_mb": peak, "before_mb": before, "work_mb": peak - before}
+
+
+# Untimed units a native worker runs after its first one, before the benchmark's own warm-up
+# round (NativeRunner).
+SETTLE_UNITS = 2
 
 
 def write_job(
     spec: ModelSpec, model: nn.Module, mode: str, size: Tuple[int, int], batch: int,
-    threads: int, seed: int, tmpdir: str,
+    threads: int, seed: int, tmpdir: str, settle: int = 0,
 ) -> str:  # fmt: skip
     """The job file a worker builds ``spec``'s runner from (``model``'s weights saved beside it,
     once per base model)."""
@@ -149,7 +165,8 @@ def write_job(
     job = os.path.join(tmpdir, f"job-{mode}-{spec.name}.json")
     with open(job, "w") as f:
         json.dump({"spec": spec.name, "mode": mode, "size": list(size), "batch": batch,
-                   "threads": threads, "seed": seed, "state": state}, f)  # fmt: skip
+                   "threads": threads, "seed": seed, "state": state, "settle": settle},
+                  f)  # fmt: skip
     return job
 
 
@@ -209,7 +226,7 @@ def bench_models(
             for spec in specs:
                 if isolate:
                     job = write_job(spec, bases[spec.base], mode, size, n_images, threads, seed,
-                                    tmpdir)  # fmt: skip
+                                    tmpdir, settle=SETTLE_UNITS)  # fmt: skip
                     runners.append(NativeRunner(spec, job))
                 else:
                     runners.append(Runner(spec, copy.deepcopy(bases[spec.base]), mode, inputs))
@@ -238,6 +255,8 @@ def bench_models(
                 "process": "own" if isolate else "shared",
                 **runner.counts,
             }
+            if isolate:  # minor page faults per timed unit (median)
+                row["faults"] = int(statistics.median(runner.faults))
             if "compile" in spec.mods:
                 row["compile_s"] = t["first_s"] - row["wall"]["median"]
             if memory and "compile" not in spec.mods:

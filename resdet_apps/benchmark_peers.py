@@ -80,6 +80,7 @@ class WorkerRunner:
         self.name = name
         self.counts: Dict[str, Any] = {}
         self.peak_mb = float("nan")
+        self.answer: Dict[str, Any] = {}  # the latest unit's
         # stderr to a file: a chatty library must not fill a pipe nobody reads and stall.
         self.stderr = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -106,7 +107,7 @@ class WorkerRunner:
         assert self.proc.stdin is not None
         self.proc.stdin.write("run\n")
         self.proc.stdin.flush()
-        answer = self._answer()
+        answer = self.answer = self._answer()
         self.counts.update(answer["counts"])
         self.peak_mb = answer["peak_mb"]
         return answer["wall"], answer["cpu"]

@@ -233,11 +233,15 @@ def _counts(r: Dict[str, Any], key: str) -> str:
     return "/".join(str(x) for x in v) if v else "-"
 
 
+def _thousands(n: Optional[int]) -> str:
+    return "-" if n is None else f"{n / 1000:.0f}k"
+
+
 def _models_table(rows: Sequence[Dict[str, Any]], unit: str) -> List[str]:
     tv = next((r for r in rows if r["model"].startswith("tv_")), None)
     lines = [f"| model | proposals/img | detections/img | median s/{unit} | min-max s | "
-             "CPU s | img/s | speed vs torchvision | peak RSS MB | work MB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "CPU s | img/s | speed vs torchvision | peak RSS MB | work MB | page faults |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         w = r["wall"]
         speed = f"{tv['wall']['median'] / w['median']:.2f}x" if tv else "-"
@@ -248,7 +252,8 @@ def _models_table(rows: Sequence[Dict[str, Any]], unit: str) -> List[str]:
         lines.append(
             f"| {name} | {_counts(r, 'proposals')} | {_counts(r, 'detections')} | "
             f"{_ms(w['median'])} | {_ms(w['min'])}-{_ms(w['max'])} | {_ms(r['cpu_median'])} | "
-            f"{r['images'] / w['median']:.3f} | {speed} | {peak} | {work} |"
+            f"{r['images'] / w['median']:.3f} | {speed} | {peak} | {work} | "
+            f"{_thousands(r.get('faults'))} |"
         )
     return lines
 
@@ -271,8 +276,10 @@ def render_markdown(results: Dict[str, Any], command: str = "") -> str:
     if rows:
         own = all(r.get("process") == "own" for r in rows)
         lines += ["Each model " + ("timed in a process of its own, alternating rounds with the "
-                  "others (`--in-process`: all in one)." if own else "timed in this one process "
-                  "(`--in-process`), alternating rounds."), ""]  # fmt: skip
+                  "others (`--in-process`: all in one); page faults: the minor faults of one "
+                  "timed unit in its process (median), each a 4 KB page of new memory touched."
+                  if own else "timed in this one process (`--in-process`), alternating rounds."),
+                  ""]  # fmt: skip
     if results.get("infer"):
         lines += ["### Inference (1 image, `torch.inference_mode`)", ""]
         lines += _models_table(results["infer"], "img") + [""] + peer_lines(results)

@@ -119,7 +119,8 @@ def test_own_process_runs_the_parents_weights_and_reports_its_peak():
     here = bench_models([spec], "infer", isolate=False, **kw)[0]
     assert (own["process"], here["process"]) == ("own", "shared")
     assert own["proposals"] == here["proposals"] and own["detections"] == here["detections"]
-    assert own["proposals"][0] > 100 and own["wall"]["median"] > 0
+    assert own["proposals"][0] > 100 and own["wall"]["median"] > 0 and own["faults"] >= 0
+    assert "faults" not in here
     assert 100 < own["memory"]["peak_mb"] < 4000 and 0 < own["memory"]["work_mb"]
     train = bench_models([ModelSpec.parse("r18_fpn")], "train", batch=1, memory=False, **kw)[0]
     assert train["process"] == "own" and train["loss"] > 0 and "memory" not in train
