@@ -5,7 +5,8 @@ They stand beside the library, not inside it: ``resdet`` never imports ``resdet_
 
 - :mod:`resdet_apps.benchmark`, :mod:`~resdet_apps.benchmark_modes`,
   :mod:`~resdet_apps.benchmark_report`: resdet's detectors against torchvision's, timed on the
-  same images (``BENCHMARKS.md``); :mod:`~resdet_apps.benchmark_peers` and
+  same images (``BENCHMARKS.md``), each model in a worker process of its own
+  (:mod:`~resdet_apps.benchmark_workers`); :mod:`~resdet_apps.benchmark_peers` and
   :mod:`~resdet_apps.peer_worker`: resdet's ONNX export in onnxruntime and OpenVINO beside
   them, each runtime in its own process.
 - :mod:`resdet_apps.demo`, :mod:`~resdet_apps.demo_steps`, :mod:`~resdet_apps.demo_report`:

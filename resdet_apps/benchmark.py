@@ -27,16 +27,19 @@ What is compared (``BENCHMARKS.md`` has the latest numbers and the command that 
   network's) and scales the class logits to a standard deviation of 2, so each model produces
   its configured number of proposals and detections. The counts each model produced are
   reported next to its time.
-- **Timing.** All models of a mode run in the same process, alternating (one run of each per
-  round) after ``warmup`` rounds, so a change of machine load hits them alike; the median,
-  min and max wall time and the median process CPU time of ``repeats`` rounds are reported.
+- **Timing.** Every model of a mode runs in a worker process of its own
+  (:class:`~resdet_apps.benchmark_modes.NativeRunner`; ``--in-process``: all in this one),
+  alternating (one run of each per round) after ``warmup`` rounds, so a change of machine
+  load hits them alike; the median, min and max wall time and the median process CPU time of
+  ``repeats`` rounds are reported.
   **Runtime peers** (onnxruntime, OpenVINO) run resdet's ONNX export of one model, each in its
   own process and one run per round like the others (:mod:`resdet_apps.benchmark_peers`).
   Inference runs under ``torch.inference_mode``; a training step is forward, backward and an
   SGD step on a batch of images with ground-truth boxes.
-- **Memory.** Peak resident memory (``ru_maxrss``) of a fresh subprocess that loads the same
-  calibrated weights and runs the same work once (``tracemalloc`` does not see torch's CPU
-  allocations); ``work`` is the peak minus the process's RSS just before the work started.
+- **Memory.** Peak resident memory (``VmHWM``) of a process that loads the same calibrated
+  weights and runs the same work once: the model's worker, read after its first unit
+  (``tracemalloc`` does not see torch's CPU allocations); ``work`` is the peak minus the
+  process's RSS just before the work started.
 
 The report's markdown and JSON are written by :mod:`resdet_apps.benchmark_report`.
 """

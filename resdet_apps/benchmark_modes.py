@@ -1,25 +1,22 @@
 """The benchmark's measurements, one function per mode (see :mod:`resdet_apps.benchmark`).
 
-Modes: ``infer`` and ``train`` (whole detectors, alternating, with peak memory from a fresh
-subprocess), ``backbone`` (images/s and GFLOP/s against a GEMM measured in the same run),
-``data`` (decode + augmentation + collate with N workers), ``profile`` (top operators of one
-inference), ``bf16`` (autocast speed and accuracy change at a small size).
+Modes: ``infer`` and ``train`` (whole detectors, each in a worker process of its own,
+alternating, with the peak memory of the worker's first unit of work), ``backbone``
+(images/s and GFLOP/s against a GEMM measured in the same run), ``data`` (decode +
+augmentation + collate with N workers), ``profile`` (top operators of one inference),
+``bf16`` (autocast speed and accuracy change at a small size).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import torch
@@ -28,7 +25,6 @@ from torchvision.ops import box_iou
 
 from resdet.data.shapes_render import make_scene
 from resdet.utils.machine import cpu_has_flag
-from resdet_apps import child_env
 from resdet_apps.benchmark import (
     TRAIN_ONLY_INVALID,
     ModelSpec,
@@ -41,147 +37,18 @@ from resdet_apps.benchmark import (
     summarize,
     time_alternating,
 )
-from resdet_apps.benchmark_peers import PeerRunner, WorkerRunner, check_runtimes, start_peers
-from resdet_apps.peer_worker import answer_loop
+from resdet_apps.benchmark_peers import PeerRunner, check_runtimes, start_peers
+from resdet_apps.benchmark_workers import (
+    SETTLE_UNITS,
+    NativeRunner,
+    WorkerRunner,
+    measure_memory,
+    write_job,
+)
 
 logger = logging.getLogger(__name__)
 
 MODES = ("infer", "train", "backbone", "data", "profile", "bf16")
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_rss_bytes() -> int:
-    # VmHWM, not getrusage's ru_maxrss: a forked child inherits its parent's ru_maxrss (kept
-    # across exec), so the subprocess would report the benchmark process's peak, not its own.
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
-
-
-def _job_runner(job: Dict[str, Any]) -> Runner:
-    """The :class:`Runner` a worker's job describes: the spec's model built, the parent's
-    calibrated weights loaded, prepared for the job's mode."""
-    torch.set_num_threads(job["threads"])
-    size = tuple(job["size"])
-    spec = ModelSpec.parse(job["spec"])
-    model = build_base_model(spec, size, job["seed"])
-    model.load_state_dict(torch.load(job["state"], weights_only=True))
-    return Runner(spec, model, job["mode"], make_inputs(size, job["batch"], job["seed"]))
-
-
-def memory_worker(job_file: str) -> Dict[str, Any]:
-    """Subprocess side of :func:`measure_memory`: build, load weights, run the work once."""
-    with open(job_file) as f:
-        job = json.load(f)
-    runner = _job_runner(job)
-    before = _rss_bytes()
-    runner()
-    peak = _peak_rss_bytes()
-    return {
-        "peak_mb": peak / 2**20,
-        "before_mb": before / 2**20,
-        "work_mb": (peak - before) / 2**20,
-    }
-
-
-def native_worker(job_file: str) -> int:
-    """Subprocess side of :class:`NativeRunner`: build the job's runner, then run one unit of
-    work per ``run`` line (:func:`resdet_apps.peer_worker.answer_loop`)."""
-    with open(job_file) as f:
-        job = json.load(f)
-
-    def load() -> Tuple[Dict[str, Any], Callable[[], Dict[str, Any]]]:
-        runner = _job_runner(job)
-        before = _rss_bytes() / 2**20
-        runner()  # the first unit: its peak is the memory figure (what measure_memory reads)
-        info = {"first_peak_mb": _peak_rss_bytes() / 2**20, "before_mb": before}
-        for _ in range(job.get("settle", 0)):
-            runner()
-
-        def run() -> Dict[str, Any]:
-            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            t0, c0 = time.perf_counter(), time.process_time()
-            runner()
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
-            return {"wall": wall, "cpu": cpu, "faults": faults, "counts": runner.counts}
-
-        return info, run
-
-    return answer_loop(job["spec"], load)
-
-
-class NativeRunner(WorkerRunner):
-    """A resdet or torchvision model timed in a process of its own (:func:`native_worker`).
-
-    Why: on CPU a large tensor costs page faults on every allocation, and how many depends on
-    what the process allocated before (glibc's mmap threshold moves with the blocks freed).
-    Timed in one process, a model's speed depended on the models beside it: torchvision's
-    R50-FPN took 2.65 s alone and 3.63 s among six resdet variants (AMX Xeon). In a process
-    of its own each model runs as a user's program would. The worker runs its first unit of
-    work before it reports ready (its peak is the memory figure, what :func:`measure_memory`'s
-    fresh process measures), then ``SETTLE_UNITS`` more: a new process takes a few units to
-    settle (glibc raises its mmap threshold as blocks are freed; torchvision's first three
-    inferences in a worker took 5.0-5.5, 3.1 and 2.8 s). ``faults`` holds the minor page
-    faults of each timed unit.
-    """
-
-    def __init__(self, spec: ModelSpec, job_file: str) -> None:
-        cmd = [sys.executable, "-m", "resdet_apps.benchmark_modes", "--native-worker", job_file]
-        self.faults: List[int] = []
-        super().__init__(spec.name, cmd)
-
-    def __call__(self) -> Tuple[float, float]:
-        wall_cpu = super().__call__()
-        self.faults.append(self.answer["faults"])
-        return wall_cpu
-
-    def memory(self) -> Dict[str, Any]:
-        """Peak RSS of the worker's first unit of work, the form :func:`measure_memory` gives."""
-        peak, before = self.ready["first_peak_mb"], self.ready["before_mb"]
-        return {"peak_mb": peak, "before_mb": before, "work_mb": peak - before}
-
-
-# Untimed units a native worker runs after its first one, before the benchmark's own warm-up
-# round (NativeRunner).
-SETTLE_UNITS = 2
-
-
-def write_job(
-    spec: ModelSpec, model: nn.Module, mode: str, size: Tuple[int, int], batch: int,
-    threads: int, seed: int, tmpdir: str, settle: int = 0,
-) -> str:  # fmt: skip
-    """The job file a worker builds ``spec``'s runner from (``model``'s weights saved beside it,
-    once per base model)."""
-    state = os.path.join(tmpdir, f"{spec.base}.pt")
-    if not os.path.exists(state):
-        torch.save(model.state_dict(), state)
-    job = os.path.join(tmpdir, f"job-{mode}-{spec.name}.json")
-    with open(job, "w") as f:
-        json.dump({"spec": spec.name, "mode": mode, "size": list(size), "batch": batch,
-                   "threads": threads, "seed": seed, "state": state, "settle": settle},
-                  f)  # fmt: skip
-    return job
-
-
-def measure_memory(
-    spec: ModelSpec, model: nn.Module, mode: str, size: Tuple[int, int], batch: int,
-    threads: int, seed: int, tmpdir: str,
-) -> Dict[str, Any]:  # fmt: skip
-    """Peak RSS of a fresh process doing one unit of ``mode`` work with ``model``'s weights."""
-    job = write_job(spec, model, mode, size, batch, threads, seed, tmpdir)
-    cmd = [sys.executable, "-m", "resdet_apps.benchmark_modes", "--memory-worker", job]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-3:]
-        return {"error": f"memory subprocess failed ({proc.returncode}): {' | '.join(tail)}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def bench_models(
@@ -255,10 +122,11 @@ def bench_models(
                 "process": "own" if isolate else "shared",
                 **runner.counts,
             }
-            if isolate:  # minor page faults per timed unit (median)
-                row["faults"] = int(statistics.median(runner.faults))
+            if isolate:  # minor page faults per timed unit (median; warm-up rounds left out)
+                row["faults"] = int(statistics.median(runner.faults[warmup:]))
+                row["first_s"] = runner.ready["first_s"]  # the worker's first unit (a compile)
             if "compile" in spec.mods:
-                row["compile_s"] = t["first_s"] - row["wall"]["median"]
+                row["compile_s"] = row["first_s"] - row["wall"]["median"]
             if memory and "compile" not in spec.mods:
                 row["memory"] = (
                     runner.memory()
@@ -461,9 +329,3 @@ def bench_bf16(
         out["ap"] = {"weights": weights, "images": ap_images, "fp32": ap32, "bf16": ap16,
                      "diff_points": 100 * (ap16["AP"] - ap32["AP"])}  # fmt: skip
     return out
-
-
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--memory-worker":
-    print(json.dumps(memory_worker(sys.argv[2])))
-elif __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--native-worker":
-    sys.exit(native_worker(sys.argv[2]))

@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
 import logging
 import os
-import subprocess
 import sys
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -32,8 +29,8 @@ import torch
 import torch.nn as nn
 
 from resdet.utils.machine import cpu_has_flag
-from resdet_apps import child_env
 from resdet_apps.benchmark import ModelSpec, summarize
+from resdet_apps.benchmark_workers import WorkerRunner
 from resdet_apps.peer_worker import RUNTIMES
 
 logger = logging.getLogger(__name__)
@@ -68,61 +65,6 @@ def unavailable(runtime: str) -> Optional[str]:
     if runtime == "openvino_bf16" and not (cpu_has_flag("avx512_bf16") or cpu_has_flag("amx_bf16")):
         return "this CPU has no native bf16 (avx512_bf16 / amx_bf16)"
     return None
-
-
-class WorkerRunner:
-    """A benchmark model in a worker process of its own (:func:`resdet_apps.peer_worker.answer_loop`
-    on the other side); calling it runs one unit of work there and returns the worker's
-    ``(wall, cpu)`` seconds, the form :func:`time_alternating` takes from a runner that times
-    itself. ``counts`` (proposals, detections, loss) and ``peak_mb`` are the latest answer's."""
-
-    def __init__(self, name: str, cmd: List[str]) -> None:
-        self.name = name
-        self.counts: Dict[str, Any] = {}
-        self.peak_mb = float("nan")
-        self.answer: Dict[str, Any] = {}  # the latest unit's
-        # stderr to a file: a chatty library must not fill a pipe nobody reads and stall.
-        self.stderr = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, text=True, env=child_env())  # fmt: skip
-        self.ready = self._answer()
-        self.load_s, self.rss_mb = self.ready["load_s"], self.ready["rss_mb"]
-
-    def _answer(self) -> Dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait()
-            self.stderr.seek(0)
-            tail = self.stderr.read().strip().splitlines()
-            raise RuntimeError(f"{self.name} worker exited ({self.proc.returncode}): "
-                               + " | ".join(tail[-3:]))  # fmt: skip
-        answer = json.loads(line)
-        if "error" in answer:
-            self.close()
-            raise RuntimeError(f"{self.name} worker failed: {answer['error']}")
-        return answer
-
-    def __call__(self) -> Tuple[float, float]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("run\n")
-        self.proc.stdin.flush()
-        answer = self.answer = self._answer()
-        self.counts.update(answer["counts"])
-        self.peak_mb = answer["peak_mb"]
-        return answer["wall"], answer["cpu"]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.close()
-                self.proc.wait(timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-        self.stderr.close()
 
 
 class PeerRunner(WorkerRunner):

@@ -273,11 +273,12 @@ def render_markdown(results: Dict[str, Any], command: str = "") -> str:
               f"{h}x{w}; all fp32 unless the name says bf16.", ""]  # fmt: skip
     rows = [r for r in (results.get("infer") or []) + (results.get("train") or [])
             if "runtime" not in r]  # fmt: skip
-    if rows:
-        own = all(r.get("process") == "own" for r in rows)
+    if rows and all("process" in r for r in rows):  # (older results do not say)
+        own = all(r["process"] == "own" for r in rows)
         lines += ["Each model " + ("timed in a process of its own, alternating rounds with the "
                   "others (`--in-process`: all in one); page faults: the minor faults of one "
-                  "timed unit in its process (median), each a 4 KB page of new memory touched."
+                  "timed unit in its process (median): pages of new memory touched (4 KB each "
+                  "unless huge pages are on)."
                   if own else "timed in this one process (`--in-process`), alternating rounds."),
                   ""]  # fmt: skip
     if results.get("infer"):

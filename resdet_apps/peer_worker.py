@@ -10,10 +10,13 @@ the runtime's (in one process they slow each other: resdet measured 1.5-1.9x). T
 the runtimes and the native models alternate and machine-load drift hits them alike.
 
 Protocol (:func:`answer_loop`, which the benchmark's native models use too): after loading,
-one line ``{"ready": true, "load_s", "rss_mb"}``; per ``run`` line, ``{"wall", "cpu",
-"counts", "peak_mb"}`` (wall and process CPU seconds of the inference call alone, measured
-here; ``counts``: ``{"detections": [n]}``; peak resident MB of this process so far); ``quit``
-or end of input ends it. A failure is ``{"error": "..."}`` and exit status 1.
+one line ``{"ready": true, "load_s", "rss_mb", ...}`` (a native model adds ``first_s``,
+``first_peak_mb`` and ``before_mb`` of its first unit of work); per ``run`` line, ``{"wall",
+"cpu", "counts", "peak_mb"}`` (wall and process CPU seconds of the inference call alone,
+measured here; ``counts``: ``{"detections": [n]}``; peak resident MB of this process so far;
+a native model adds ``faults``, the minor page faults of the unit); ``quit`` or end of input
+ends it. A failure is ``{"error": "..."}`` and exit status 1. The benchmark skips any line
+that is not a JSON object (a library that printed to stdout before the loop redirected it).
 """
 
 from __future__ import annotations
@@ -72,8 +75,9 @@ def load_runtime(runtime: str, model: str, threads: int) -> Callable[[np.ndarray
 def answer_loop(name: str, load: Callable[[], Tuple[Dict[str, Any], Callable[[], Dict]]]) -> int:
     """The worker side of the protocol above, shared by the runtime peers and the benchmark's
     native models (:mod:`resdet_apps.benchmark_modes`): ``load()`` returns what ``ready``
-    reports and the call that runs one unit of work and returns its answer (``wall``, ``cpu``,
-    ``counts``); the peak resident MB is added here. Errors are answered, naming ``name``."""
+    reports beside its load time and RSS, and the call that runs one unit of work and returns
+    its answer (``counts``, and for a native model ``faults``); the wall and CPU seconds of
+    that call and the peak resident MB are added here. Errors are answered, naming ``name``."""
     # Answers go to a private copy of stdout; what the libraries print goes to stderr.
     answers = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
@@ -90,7 +94,10 @@ def answer_loop(name: str, load: Callable[[], Tuple[Dict[str, Any], Callable[[],
         for line in sys.stdin:
             if line.strip() != "run":
                 break
-            say({**run(), "peak_mb": _rss_mb("VmHWM")})
+            t0, c0 = time.perf_counter(), time.process_time()
+            answer = run()
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            say({"wall": wall, "cpu": cpu, **answer, "peak_mb": _rss_mb("VmHWM")})
     except Exception as e:  # reported to the benchmark, which names the worker
         say({"error": f"{name}: {type(e).__name__}: {e}"})
         return 1
@@ -103,10 +110,7 @@ def serve(runtime: str, model: str, image_file: str, threads: int) -> int:
         infer = load_runtime(runtime, model, threads)
 
         def run() -> Dict[str, Any]:
-            t0, c0 = time.perf_counter(), time.process_time()
-            boxes = infer(image)[0]
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            return {"wall": wall, "cpu": cpu, "counts": {"detections": [int(len(boxes))]}}
+            return {"counts": {"detections": [int(len(infer(image)[0]))]}}
 
         return {}, run
 

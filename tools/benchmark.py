@@ -44,7 +44,7 @@ def table_key(machine: dict) -> str:
     """Which table of the markdown a run's ``machine`` (``machine_info``) writes: its CPU kind
     (``resdet.utils.machine.CPU_KINDS``) and vendor, e.g. ``avx512_bf16-amd``. The vendor keeps
     apart CPUs with the same flags that behave differently (bf16 on an EPYC and on a Xeon)."""
-    vendor = cpu_vendor(machine.get("cpu", ""))
+    vendor = machine.get("vendor") or cpu_vendor(machine.get("cpu", ""))
     kind = cpu_kind(machine["isa"])
     return f"{kind}-{vendor}" if vendor else kind
 
@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                    "its own (the default: page faults, about a tenth of a CPU detector's time, "
                    "depend on what else a process allocated)")  # fmt: skip
     p.add_argument("--compile", action="store_true", help="add torch.compile variants")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--no-memory", action="store_true",
+                   help="no peak memory (each model's worker reports it; "
+                   "with --in-process a fresh subprocess per model)")  # fmt: skip
     p.add_argument("--bf16-size", nargs=2, type=int, default=list(d.bf16_size))
     p.add_argument("--bf16-model", default=d.bf16_model)
     p.add_argument(

@@ -11,13 +11,9 @@ from tool_loader import load_tool
 
 from resdet.utils.machine import cpu_kind
 from resdet_apps.benchmark import ModelSpec, Runner, calibrated_model, make_inputs
-from resdet_apps.benchmark_modes import (
-    NativeRunner,
-    bench_models,
-    detection_agreement,
-    measure_memory,
-)
+from resdet_apps.benchmark_modes import bench_models, detection_agreement
 from resdet_apps.benchmark_report import check_targets
+from resdet_apps.benchmark_workers import NativeRunner, measure_memory, write_job
 
 
 def _tool():
@@ -110,20 +106,43 @@ def test_table_key_keeps_an_epyc_and_a_xeon_with_the_same_flags_apart(cpu, key):
     assert _tool().table_key({"cpu": cpu, "isa": ["avx2", "avx512f", "avx512_bf16"]}) == key
 
 
-def test_own_process_runs_the_parents_weights_and_reports_its_peak():
+def test_own_process_runs_the_parents_weights_and_reports_its_peak(monkeypatch):
     # The same calibrated model timed in a worker and here: the worker gets the parent's
-    # weights, so both find the same proposals and detections; its peak is its own.
+    # weights, so both find the same proposals and detections; its peak is its own, reported
+    # by the worker itself (no separate memory subprocess).
+    from resdet_apps import benchmark_modes
+
     spec = ModelSpec.parse("r18_fpn+fuse")
-    kw = dict(size=(96, 96), warmup=0, repeats=1, threads=1)
-    own = bench_models([spec], "infer", isolate=True, **kw)[0]
+    kw = dict(size=(96, 96), warmup=1, repeats=2, threads=1)
+    with monkeypatch.context() as m:
+        m.setattr(benchmark_modes, "measure_memory", lambda *a: pytest.fail("not isolated"))
+        own = bench_models([spec], "infer", isolate=True, **kw)[0]
     here = bench_models([spec], "infer", isolate=False, **kw)[0]
     assert (own["process"], here["process"]) == ("own", "shared")
     assert own["proposals"] == here["proposals"] and own["detections"] == here["detections"]
-    assert own["proposals"][0] > 100 and own["wall"]["median"] > 0 and own["faults"] >= 0
-    assert "faults" not in here
+    assert own["proposals"][0] > 100 and own["wall"]["median"] > 0 and own["first_s"] > 0
+    assert isinstance(own["faults"], int) and "faults" not in here
     assert 100 < own["memory"]["peak_mb"] < 4000 and 0 < own["memory"]["work_mb"]
+    assert 100 < here["memory"]["peak_mb"] < 4000  # --in-process: a fresh subprocess's peak
     train = bench_models([ModelSpec.parse("r18_fpn")], "train", batch=1, memory=False, **kw)[0]
     assert train["process"] == "own" and train["loss"] > 0 and "memory" not in train
+
+
+def test_own_process_worker_settles_then_times_each_unit(tmp_path):
+    spec = ModelSpec.parse("r18_fpn")
+    model = calibrated_model(spec, (64, 64))
+    job = write_job(spec, model, "infer", (64, 64), 1, 1, 0, str(tmp_path), settle=1)
+    worker = NativeRunner(spec, job)
+    try:
+        ready = worker.ready
+        assert ready["first_s"] > 0 and ready["first_peak_mb"] >= ready["before_mb"] > 100
+        times = [worker() for _ in range(3)]
+    finally:
+        worker.close()
+    assert worker.proc.poll() is not None  # closed: the worker has exited
+    assert len(worker.faults) == 3 and all(f >= 0 for f in worker.faults)
+    assert all(wall > 0 and cpu > 0 for wall, cpu in times)
+    assert worker.counts["detections"] == [100]
 
 
 def test_own_process_failure_names_the_model(tmp_path):

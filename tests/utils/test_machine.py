@@ -44,6 +44,7 @@ def test_amx_xeon(cpuinfo):
     info = machine.machine_info(threads=3)
     assert info["isa"] == ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
     assert info["cpu"] == "Intel(R) Xeon(R) Processor" and info["threads"] == 3
+    assert info["vendor"] == "intel"  # vendor_id GenuineIntel
 
 
 def test_avx2_only_flags_are_whole_words(cpuinfo):
@@ -53,6 +54,13 @@ def test_avx2_only_flags_are_whole_words(cpuinfo):
     assert not machine.cpu_has_flag("avx512_bf16") and machine.cpu_has_flag("avx2")
     assert not machine.cpu_has_native_bf16()
     assert machine.machine_info()["isa"] == ["avx2"]
+    assert machine.cpu_vendor() == "amd"  # no vendor_id: from the model name
+
+
+def test_vendor_id_names_a_cpu_whose_model_name_does_not(cpuinfo):
+    cpuinfo("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: Common KVM processor\n")
+    assert machine.cpu_vendor() == "amd"
+    assert machine.cpu_vendor("Intel(R) Xeon(R) Processor") == "intel"  # a name given: its own
 
 
 def test_unknown_machine(cpuinfo):
@@ -62,4 +70,6 @@ def test_unknown_machine(cpuinfo):
     assert machine.cpu_has_native_bf16()  # assume a modern CPU rather than warn wrongly
     info = machine.machine_info()
     assert info["isa"] == [] and info["cpu"]  # platform's name, never empty
-    assert set(info) == {"cpu", "isa", "cores", "threads", "torch", "python", "cuda", "loadavg"}
+    assert info["vendor"] in ("amd", "intel", "")  # from platform's name, if it says
+    assert set(info) == {"cpu", "vendor", "isa", "cores", "threads", "torch", "python", "cuda",
+                         "loadavg"}  # fmt: skip
