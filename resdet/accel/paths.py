@@ -67,7 +67,8 @@ def fuse_for_inference(model: nn.Module, winograd: bool = False) -> nn.Module:
     Every module with a ``fuse(winograd)`` method (and ``can_fuse()`` true where it has one)
     fuses its own convolutions: the residual blocks (conv + bias + ReLU, the last with the
     residual add), the ResNet stem and the RPN head (ReLU inside), the FPN (top-down add inside
-    the lateral convolution). Every other ``nn.Conv2d`` becomes a
+    the lateral convolution), the FPN box head (a bf16 copy of its fully connected weights kept
+    for autocast). Every other ``nn.Conv2d`` becomes a
     :class:`~resdet.layers.fuse.FusedConv2d` without ReLU (bias add fused, NHWC).
 
     With ``winograd``, 3x3 stride-1 convolutions of 32+ channels run through NNPACK's Winograd

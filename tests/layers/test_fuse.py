@@ -16,6 +16,7 @@ from resdet.accel import fuse_for_inference, inference_copy
 from resdet.layers import fuse as fuse_module
 from resdet.layers.fold import fold_frozen_bn
 from resdet.layers.fuse import (
+    CastOnceLinear,
     Conv1x1NCHW,
     FusedConv2d,
     mkldnn_bf16_available,
@@ -168,11 +169,34 @@ def test_fused_detector_gives_the_same_detections(kind):
     else:  # the top-down add rides on the lateral convolution
         assert fused.backbone.fused and isinstance(fused.backbone.lateral[0], FusedConv2d)
         assert not model.backbone.fused
+        # the box head's fully connected layers keep a bf16 weight for autocast
+        assert isinstance(fused.roi_heads.box_head.fc1, CastOnceLinear)
     # ReLUs that now run inside their convolution are gone
     assert isinstance(fused.rpn.head.relu, nn.Identity)
     assert isinstance(model.rpn.head.relu, nn.ReLU)
     with torch.inference_mode():
         assert_same_detections(model(inputs)[0], fused(inputs)[0], atol=1e-4)
+
+
+def test_cast_once_linear_gives_autocasts_numbers_and_casts_once():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32)
+    fast = CastOnceLinear(linear)
+    x = torch.randn(5, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), linear(x), rtol=0, atol=0)  # fp32: F.linear as is
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref, got = linear(x), fast(x)
+            kept = fast._cast[0]
+            fast(x)
+            assert fast._cast[0] is kept  # cast once, then kept
+        # The same bf16 operands autocast makes, so the same numbers.
+        assert got.dtype == ref.dtype == torch.bfloat16 and torch.equal(got, ref)
+        assert kept.dtype == torch.bfloat16 and torch.equal(kept, linear.weight.to(torch.bfloat16))
+    # New weights are noticed: cast again.
+    fast.load_state_dict({"weight": torch.zeros(32, 64), "bias": torch.ones(32)})
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(fast(x), torch.ones(5, 32, dtype=torch.bfloat16))
 
 
 def test_inference_copy_with_fuse_leaves_the_model_alone():

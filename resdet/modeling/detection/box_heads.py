@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import roi_pool
 
+from resdet.layers.fuse import CastOnceLinear
 from resdet.layers.roi_align import MultiScaleRoIAlign, box_dtype, roi_align
 
 
@@ -142,6 +143,13 @@ class FPNBoxHead(BoxHead):
         # MultiScaleRoIAlign infers each level's scale from the padded input size.
         input_size = (first.shape[-2] * self.first_stride, first.shape[-1] * self.first_stride)
         return self.pooler(feats, boxes, [input_size] * len(boxes))
+
+    def fuse(self, winograd: bool = False) -> None:
+        """For inference, in place: the fully connected layers keep a bf16 copy of their
+        weights for CPU bf16 autocast (:class:`~resdet.layers.fuse.CastOnceLinear`), instead
+        of a cast on every call. ``winograd`` is the fusing walk's and not used."""
+        if not isinstance(self.fc1, CastOnceLinear):
+            self.fc1, self.fc2 = CastOnceLinear(self.fc1), CastOnceLinear(self.fc2)
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.fc1(pooled.flatten(1)))
