@@ -28,7 +28,7 @@ What is compared (``BENCHMARKS.md`` has the latest numbers and the command that 
   its configured number of proposals and detections. The counts each model produced are
   reported next to its time.
 - **Timing.** Every model of a mode runs in a worker process of its own
-  (:class:`~resdet_apps.benchmark_modes.NativeRunner`; ``--in-process``: all in this one),
+  (:class:`~resdet_apps.benchmark_workers.NativeRunner`; ``--in-process``: all in this one),
   alternating (one run of each per round) after ``warmup`` rounds, so a change of machine
   load hits them alike; the median, min and max wall time and the median process CPU time of
   ``repeats`` rounds are reported.

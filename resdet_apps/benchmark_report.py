@@ -76,7 +76,7 @@ class BenchOptions:
     )
     runtime_model: str = "r50_fpn"
     # Each model of the inference and training tables in a worker process of its own
-    # (resdet_apps.benchmark_modes.NativeRunner); False: all in this process.
+    # (resdet_apps.benchmark_workers.NativeRunner); False: all in this process.
     isolate: bool = True
 
 

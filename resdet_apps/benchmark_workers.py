@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from resdet_apps import child_env
 from resdet_apps.benchmark import ModelSpec, Runner, build_base_model, make_inputs
-from resdet_apps.peer_worker import answer_loop
+from resdet_apps.peer_worker import answer_loop, rss_mb
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ class WorkerRunner:
     def __init__(self, name: str, cmd: List[str]) -> None:
         self.name = name
         self.counts: Dict[str, Any] = {}
-        self.peak_mb = float("nan")
         self.answer: Dict[str, Any] = {}  # the latest unit's
         # stderr to a file: a chatty library must not fill a pipe nobody reads and stall.
         self.stderr = tempfile.TemporaryFile("w+")
@@ -83,8 +82,12 @@ class WorkerRunner:
         self.proc.stdin.flush()
         answer = self.answer = self._answer()
         self.counts.update(answer["counts"])
-        self.peak_mb = answer["peak_mb"]
         return answer["wall"], answer["cpu"]
+
+    @property
+    def peak_mb(self) -> float:
+        """The worker's peak resident MB so far (as of its latest answer)."""
+        return self.answer.get("peak_mb", float("nan"))
 
     def close(self) -> None:
         if self.stderr.closed:
@@ -99,21 +102,6 @@ class WorkerRunner:
                 self.proc.kill()
                 self.proc.wait()
         self.stderr.close()
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_rss_bytes() -> int:
-    # VmHWM, not getrusage's ru_maxrss: a forked child inherits its parent's ru_maxrss (kept
-    # across exec), so the subprocess would report the benchmark process's peak, not its own.
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
 
 
 def _job_runner(job: Dict[str, Any]) -> Runner:
@@ -135,10 +123,10 @@ def native_worker(job_file: str) -> int:
 
     def load() -> Tuple[Dict[str, Any], Callable[[], Dict[str, Any]]]:
         runner = _job_runner(job)
-        before = _rss_bytes() / 2**20
+        before = rss_mb("VmRSS")
         t0 = time.perf_counter()
         runner()  # the first unit: its peak is the memory figure, its time a compile's
-        info = {"first_s": time.perf_counter() - t0, "first_peak_mb": _peak_rss_bytes() / 2**20,
+        info = {"first_s": time.perf_counter() - t0, "first_peak_mb": rss_mb("VmHWM"),
                 "before_mb": before}  # fmt: skip
         for _ in range(job.get("settle", 0)):
             runner()

@@ -32,7 +32,9 @@ import numpy as np
 RUNTIMES = ("onnxruntime", "openvino", "openvino_bf16")
 
 
-def _rss_mb(field: str) -> float:
+def rss_mb(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process in MB, from ``/proc/self/status``
+    (VmHWM, not ``ru_maxrss``: a forked child inherits its parent's)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -74,7 +76,7 @@ def load_runtime(runtime: str, model: str, threads: int) -> Callable[[np.ndarray
 
 def answer_loop(name: str, load: Callable[[], Tuple[Dict[str, Any], Callable[[], Dict]]]) -> int:
     """The worker side of the protocol above, shared by the runtime peers and the benchmark's
-    native models (:mod:`resdet_apps.benchmark_modes`): ``load()`` returns what ``ready``
+    native models (:mod:`resdet_apps.benchmark_workers`): ``load()`` returns what ``ready``
     reports beside its load time and RSS, and the call that runs one unit of work and returns
     its answer (``counts``, and for a native model ``faults``); the wall and CPU seconds of
     that call and the peak resident MB are added here. Errors are answered, naming ``name``."""
@@ -89,7 +91,7 @@ def answer_loop(name: str, load: Callable[[], Tuple[Dict[str, Any], Callable[[],
     try:
         t0 = time.perf_counter()
         info, run = load()
-        say({"ready": True, "load_s": time.perf_counter() - t0, "rss_mb": _rss_mb("VmRSS"),
+        say({"ready": True, "load_s": time.perf_counter() - t0, "rss_mb": rss_mb("VmRSS"),
              **info})  # fmt: skip
         for line in sys.stdin:
             if line.strip() != "run":
@@ -97,7 +99,7 @@ def answer_loop(name: str, load: Callable[[], Tuple[Dict[str, Any], Callable[[],
             t0, c0 = time.perf_counter(), time.process_time()
             answer = run()
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            say({"wall": wall, "cpu": cpu, **answer, "peak_mb": _rss_mb("VmHWM")})
+            say({"wall": wall, "cpu": cpu, **answer, "peak_mb": rss_mb("VmHWM")})
     except Exception as e:  # reported to the benchmark, which names the worker
         say({"error": f"{name}: {type(e).__name__}: {e}"})
         return 1
