@@ -44,6 +44,37 @@ def test_same_output_and_gradient_as_torchvision(aligned, sampling_ratio):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_channels_last_training_pools_and_returns_gradient_nhwc(
+    aligned, sampling_ratio, monkeypatch
+):
+    # A channels_last map with a gradient (the training fast path) is pooled by the sparse
+    # product, not torchvision's NCHW kernel (which would copy the map), and its gradient comes
+    # back channels_last (an NCHW one would make the sum with the convolutions' gradients a
+    # mixed-layout add and one more copy); values as torchvision's.
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 13, 17)
+    rois = _rois(40, 1).float()
+    args = ((7, 5), 0.25, sampling_ratio, aligned)
+    ref_x = x.clone().requires_grad_()
+    ref = torchvision.ops.roi_align(ref_x, rois, *args)
+    g = torch.randn_like(ref)
+    (want,) = torch.autograd.grad(ref, ref_x, g)
+
+    def no_torchvision(*a):
+        raise AssertionError("torchvision's kernel called for a channels_last map")
+
+    monkeypatch.setattr(torch.ops.torchvision, "roi_align", no_torchvision)
+    nhwc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = roi_align(nhwc, rois, *args)
+    assert "RoIAlignFunction" in type(out.grad_fn).__name__
+    (got,) = torch.autograd.grad(out, nhwc, g)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_taps_reproduce_the_forward():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 11, 9, dtype=torch.float64)
