@@ -14,7 +14,8 @@ setup(
     package_data={"resdet": ["configs/*.yaml", "configs/*/*.yaml"]},
     python_requires=">=3.9",
     install_requires=[
-        # Ranges admit the releases pinned on the build machines (torch 2.14.1 / torchvision 0.29.1).
+        # Ranges admit the releases pinned on the build machines
+        # (torch 2.14.1 / torchvision 0.29.1).
         "torch>=2.1,<2.15",
         "torchvision>=0.16,<0.30",
         "numpy",

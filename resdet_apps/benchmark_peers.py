@@ -82,8 +82,7 @@ class PeerRunner(WorkerRunner):
                "wall": summarize(times["wall"]), "cpu_median": summarize(times["cpu"])["median"],
                "first_s": times["first_s"], "load_s": self.load_s, **self.counts}  # fmt: skip
         if memory:  # the worker's own peak; "work" = above its RSS once the model was loaded
-            row["memory"] = {"peak_mb": self.peak_mb, "before_mb": self.rss_mb,
-                             "work_mb": self.peak_mb - self.rss_mb}  # fmt: skip
+            row["memory"] = self.memory_row(self.peak_mb, self.rss_mb)
         return row
 
 

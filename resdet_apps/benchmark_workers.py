@@ -84,6 +84,11 @@ class WorkerRunner:
         self.counts.update(answer["counts"])
         return answer["wall"], answer["cpu"]
 
+    @staticmethod
+    def memory_row(peak_mb: float, before_mb: float) -> Dict[str, Any]:
+        """A table's memory entry: the peak, the RSS before the work, and the work's part."""
+        return {"peak_mb": peak_mb, "before_mb": before_mb, "work_mb": peak_mb - before_mb}
+
     @property
     def peak_mb(self) -> float:
         """The worker's peak resident MB so far (as of its latest answer)."""
@@ -169,8 +174,7 @@ class NativeRunner(WorkerRunner):
 
     def memory(self) -> Dict[str, Any]:
         """Peak RSS of the worker's first unit of work, the form :func:`measure_memory` gives."""
-        peak, before = self.ready["first_peak_mb"], self.ready["before_mb"]
-        return {"peak_mb": peak, "before_mb": before, "work_mb": peak - before}
+        return self.memory_row(self.ready["first_peak_mb"], self.ready["before_mb"])
 
 
 # Untimed units a native worker runs after its first one, before the benchmark's own warm-up
