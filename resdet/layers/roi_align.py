@@ -43,6 +43,7 @@ from torchvision.ops.poolers import _setup_scales
 __all__ = ["MultiScaleRoIAlign", "RoIAlignFunction", "box_dtype", "roi_align", "roi_align_taps"]
 
 BoxesType = Union[torch.Tensor, List[torch.Tensor]]
+Taps = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (bin, pixel, weight): roi_align_taps
 
 
 def roi_align_taps(
@@ -126,13 +127,16 @@ def _sparse_backward(
     aligned: bool,
     block_bytes: int = 4 << 20,
     channels_last: bool = False,
+    taps: Optional[Taps] = None,
 ) -> torch.Tensor:
     n, c, h, w = (int(s) for s in feature_shape)
     r, _, ph, pw = grad.shape
     grad = grad.to(box_dtype(grad.dtype))  # bf16 (autocast): the sparse product is fp32 only
-    bins, pixel, weight = roi_align_taps(
-        rois.to(grad.dtype), feature_shape, (ph, pw), spatial_scale, sampling_ratio, aligned
-    )
+    if taps is None:
+        taps = roi_align_taps(
+            rois.to(grad.dtype), feature_shape, (ph, pw), spatial_scale, sampling_ratio, aligned
+        )
+    bins, pixel, weight = taps
     pixel, order = torch.sort(pixel)
     bins, weight = bins[order], weight[order]
     grad_rows = grad.permute(0, 2, 3, 1).reshape(r * ph * pw, c)
@@ -150,14 +154,14 @@ def _sparse_backward(
                 continue  # no RoI samples these pixels
             with warnings.catch_warnings():  # "sparse CSR support is in beta state"
                 warnings.simplefilter("ignore", UserWarning)
-                taps = torch.sparse_csr_tensor(
+                block_taps = torch.sparse_csr_tensor(
                     rows - rows[0], bins[rows[0] : rows[-1]], weight[rows[0] : rows[-1]],
                     (hi - lo, r * ph * pw), check_invariants=False,
                 )  # fmt: skip
             if channels_last:
-                grad_input[i, start:stop] = taps @ grad_rows
+                grad_input[i, start:stop] = block_taps @ grad_rows
             else:
-                grad_input[i, :, start:stop] = (taps @ grad_rows).T
+                grad_input[i, :, start:stop] = (block_taps @ grad_rows).T
     if channels_last:
         return grad_input.view(n, h, w, c).permute(0, 3, 1, 2)
     return grad_input.view(n, c, h, w)
@@ -170,21 +174,25 @@ def _sparse_forward_nhwc(
     spatial_scale: float,
     sampling_ratio: int,
     aligned: bool,
+    taps: Optional[Taps] = None,
 ) -> torch.Tensor:
     """RoIAlign of a channels_last CPU map as one sparse (bins x pixels) @ (pixels x C) product.
 
     A channels_last map already is that ``[N*H*W, C]`` matrix, so nothing is transposed
     (torchvision's kernel reads NCHW and would copy the map first). The result is
     ``[R, C, ph, pw]`` in ``x``'s dtype, channels_last; bf16 maps are multiplied in fp32, as
-    torchvision's autocast wrapper does.
+    torchvision's autocast wrapper does. ``taps``: :func:`roi_align_taps` of these RoIs in fp32,
+    if already made.
     """
     n, c, h, w = x.shape
     ph, pw = output_size
     r = len(rois)
     rows = x.to(torch.float32).permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view when NHWC fp32
-    bins, pixel, weight = roi_align_taps(
-        rois.to(torch.float32), x.shape, output_size, spatial_scale, sampling_ratio, aligned
-    )
+    if taps is None:
+        taps = roi_align_taps(
+            rois.to(torch.float32), x.shape, output_size, spatial_scale, sampling_ratio, aligned
+        )
+    bins, pixel, weight = taps
     # The taps come bin-major (sorted by bin), so the CSR row pointers are a cumulative count;
     # a pixel tapped twice in one bin stays two entries, which the product sums.
     rows_ptr = torch.zeros(r * ph * pw + 1, dtype=torch.long)
@@ -220,10 +228,15 @@ class RoIAlignFunction(torch.autograd.Function):
         # A channels_last CPU map (the training fast path's) is pooled and given its gradient
         # NHWC: torchvision's kernel would copy it to NCHW, and an NCHW gradient summed with the
         # convolutions' NHWC ones is a slow mixed-layout add and one more copy.
+        # The taps are kept for the backward, which would otherwise build them again.
         ctx.nhwc = _pools_nhwc(x)
+        ctx.taps = None
         if ctx.nhwc:
+            ctx.taps = roi_align_taps(
+                rois.to(torch.float32), x.shape, output_size, spatial_scale, sampling_ratio, aligned
+            )
             return _sparse_forward_nhwc(
-                x, rois, output_size, spatial_scale, sampling_ratio, aligned
+                x, rois, output_size, spatial_scale, sampling_ratio, aligned, taps=ctx.taps
             )
         return torch.ops.torchvision.roi_align(
             x, rois, spatial_scale, output_size[0], output_size[1], sampling_ratio, aligned
@@ -236,9 +249,10 @@ class RoIAlignFunction(torch.autograd.Function):
         (rois,) = ctx.saved_tensors
         spatial_scale, sampling_ratio, aligned = ctx.args
         if grad.device.type == "cpu":
-            grad_x = _sparse_backward(grad, rois, ctx.shape, *ctx.args, channels_last=ctx.nhwc).to(
-                ctx.dtype
-            )
+            grad_x = _sparse_backward(
+                grad, rois, ctx.shape, *ctx.args, channels_last=ctx.nhwc, taps=ctx.taps
+            ).to(ctx.dtype)
+            ctx.taps = None
         else:
             n, c, h, w = ctx.shape
             grad_x = torch.ops.torchvision._roi_align_backward(

@@ -75,6 +75,24 @@ def test_channels_last_training_pools_and_returns_gradient_nhwc(
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_channels_last_backward_reuses_the_forward_taps(monkeypatch):
+    # The taps of a channels_last map are built once, by the forward; the backward sorts them
+    # rather than building them again. A second backward (retain_graph) builds its own.
+    calls = []
+    real = roi_align_module.roi_align_taps
+    monkeypatch.setattr(roi_align_module, "roi_align_taps", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 13, 17).contiguous(memory_format=torch.channels_last).requires_grad_()
+    rois = _rois(40, 1).float()
+    out = roi_align(x, rois, (7, 5), 0.25, 0, True)
+    g = torch.randn_like(out)
+    (first,) = torch.autograd.grad(out, x, g, retain_graph=True)
+    assert len(calls) == 1
+    (second,) = torch.autograd.grad(out, x, g)
+    assert len(calls) == 2
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
 def test_taps_reproduce_the_forward():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 11, 9, dtype=torch.float64)
