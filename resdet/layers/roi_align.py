@@ -10,9 +10,10 @@ is a weighted sum of at most ``4 x samples`` input pixels, so
 
 is one sparse (pixels x bins) @ dense (bins x channels) product. :class:`RoIAlignFunction`
 builds that matrix once per call (all taps at once, vectorised, sorted by pixel) and
-multiplies it in CSR blocks of pixels, writing each block channel-major into the gradient (no
-second input-sized buffer): the same gradient up to float rounding, 4-15x faster than
-torchvision's CPU backward (``BENCHMARKS.md``). CUDA tensors keep torchvision's own backward.
+multiplies it in CSR blocks of pixels, writing each block channel-major into an NCHW gradient
+(no second input-sized buffer) or as it comes into a channels_last one: the same gradient up
+to float rounding, 4-15x faster than torchvision's CPU backward (``BENCHMARKS.md``). CUDA
+tensors keep torchvision's own backward.
 
 The same taps give the forward of a channels_last (NHWC) map without transposing it: such a
 map already is the ``[pixels, C]`` matrix, and ``out = taps @ map`` is one sparse (bins x
@@ -21,7 +22,7 @@ activations NHWC) would first copy the whole map. The channels_last training pat
 same way and gets its gradient back NHWC (:class:`RoIAlignFunction`): with torchvision's kernel
 a training step of R50-FPN at 800x1088 copied P2 to NCHW (143 ms), summed its NCHW gradient
 with the convolutions' NHWC one (154 ms against 29 for a same-layout sum) and copied the sum
-back (49 ms) on the AVX-512 + AMX Xeon.
+back (49 ms) on the AVX-512 + AMX Xeon. Its taps are kept from the forward for the backward.
 
 The sampling follows torchvision's kernel exactly: ``aligned`` half-pixel offset, minimum RoI
 size 1 when not aligned, adaptive ``ceil(roi / bins)`` samples per bin when
@@ -137,6 +138,7 @@ def _sparse_backward(
             rois.to(grad.dtype), feature_shape, (ph, pw), spatial_scale, sampling_ratio, aligned
         )
     bins, pixel, weight = taps
+    del taps  # the caller keeps none either: the unsorted taps go as the sorted ones are made
     pixel, order = torch.sort(pixel)
     bins, weight = bins[order], weight[order]
     grad_rows = grad.permute(0, 2, 3, 1).reshape(r * ph * pw, c)
@@ -197,14 +199,17 @@ def _sparse_forward_nhwc(
     # a pixel tapped twice in one bin stays two entries, which the product sums.
     rows_ptr = torch.zeros(r * ph * pw + 1, dtype=torch.long)
     torch.cumsum(torch.bincount(bins, minlength=r * ph * pw), 0, out=rows_ptr[1:])
+    # Written straight into a channels_last [R, C, ph, pw] tensor (its [R*ph*pw, C] matrix), so
+    # the result is no view: a view made inside an autograd Function cannot be changed in place.
+    out = torch.empty((r, c, ph, pw), dtype=torch.float32, memory_format=torch.channels_last)
     # Outside autocast: it would cast ``rows`` to bf16, which the sparse product lacks.
     with warnings.catch_warnings(), torch.autocast("cpu", enabled=False):
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta state"
         taps = torch.sparse_csr_tensor(
             rows_ptr, pixel, weight, (r * ph * pw, n * h * w), check_invariants=False
         )
-        out = taps @ rows
-    return out.view(r, ph, pw, c).permute(0, 3, 1, 2).to(x.dtype)
+        torch.mm(taps, rows, out=out.permute(0, 2, 3, 1).reshape(r * ph * pw, c))
+    return out.to(x.dtype)
 
 
 class RoIAlignFunction(torch.autograd.Function):
@@ -228,7 +233,8 @@ class RoIAlignFunction(torch.autograd.Function):
         # A channels_last CPU map (the training fast path's) is pooled and given its gradient
         # NHWC: torchvision's kernel would copy it to NCHW, and an NCHW gradient summed with the
         # convolutions' NHWC ones is a slow mixed-layout add and one more copy.
-        # The taps are kept for the backward, which would otherwise build them again.
+        # The taps are kept for the backward, which would otherwise build them again (batch 2
+        # at 800x1333: 13 MB for R50-FPN, 37 MB for R50-C4, whose step peaks at 5.6 GB).
         ctx.nhwc = _pools_nhwc(x)
         ctx.taps = None
         if ctx.nhwc:
@@ -250,9 +256,8 @@ class RoIAlignFunction(torch.autograd.Function):
         spatial_scale, sampling_ratio, aligned = ctx.args
         if grad.device.type == "cpu":
             grad_x = _sparse_backward(
-                grad, rois, ctx.shape, *ctx.args, channels_last=ctx.nhwc, taps=ctx.taps
+                grad, rois, ctx.shape, *ctx.args, channels_last=ctx.nhwc, taps=_take_taps(ctx)
             ).to(ctx.dtype)
-            ctx.taps = None
         else:
             n, c, h, w = ctx.shape
             grad_x = torch.ops.torchvision._roi_align_backward(
@@ -260,6 +265,13 @@ class RoIAlignFunction(torch.autograd.Function):
                 n, c, h, w, sampling_ratio, aligned,
             )  # fmt: skip
         return grad_x, None, None, None, None, None
+
+
+def _take_taps(ctx: torch.autograd.function.FunctionCtx) -> Optional[Taps]:
+    """The forward's taps, no longer held by ``ctx``, so that the backward frees them as it
+    sorts them (a second backward, with ``retain_graph``, builds its own)."""
+    taps, ctx.taps = ctx.taps, None
+    return taps
 
 
 def box_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -270,8 +282,9 @@ def box_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _pools_nhwc(x: torch.Tensor, any_layout: bool = False) -> bool:
-    """Whether :func:`roi_align` takes the sparse channels_last forward for ``x`` (no grad);
-    with ``any_layout``, whether it would once ``x`` is made channels_last."""
+    """Whether :func:`roi_align` (and :class:`RoIAlignFunction`, with a gradient) takes the
+    sparse channels_last forward for ``x``; with ``any_layout``, whether it would once ``x`` is
+    made channels_last."""
     return (
         x.device.type == "cpu"
         and x.dim() == 4
@@ -279,8 +292,15 @@ def _pools_nhwc(x: torch.Tensor, any_layout: bool = False) -> bool:
         and (any_layout or x.is_contiguous(memory_format=torch.channels_last))
         and not torch.jit.is_tracing()
         and not torch.jit.is_scripting()
-        and not torch.compiler.is_compiling()  # export / compile see torchvision's op
+        and not _compiling()  # export / compile see torchvision's op
     )
+
+
+def _compiling() -> bool:
+    """Whether torch.compile / export is tracing (``torch.compiler.is_compiling`` from torch 2.3,
+    ``torch._dynamo``'s before)."""
+    check = getattr(torch.compiler, "is_compiling", None)
+    return bool(check()) if check is not None else bool(torch._dynamo.is_compiling())
 
 
 def roi_align(

@@ -1,6 +1,7 @@
 """RoIAlign with the sparse CPU backward: torchvision's forward and the same gradients, for every
 sampling mode and for boxes torchvision treats specially (empty, outside, on the border); the
-sparse forward of channels_last maps gives torchvision's output."""
+sparse forward of channels_last maps gives torchvision's output, in inference and in training
+(where the gradient comes back channels_last too)."""
 
 from __future__ import annotations
 
@@ -114,10 +115,18 @@ def test_without_gradients_it_is_torchvisions_call():
     torch.testing.assert_close(out, torchvision.ops.roi_align(x.detach(), boxes, 3, 0.25))
 
 
-def test_multiscale_pooler_matches_torchvision():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_multiscale_pooler_matches_torchvision(channels_last):
+    # channels_last: the training fast path's maps, pooled and given their gradients NHWC.
     torch.manual_seed(0)
     feats = {f"p{i}": torch.randn(2, 4, 1024 >> i, 1280 >> i) for i in range(2, 6)}
     feats = {k: v.requires_grad_() for k, v in feats.items()}
+    mine = feats
+    if channels_last:
+        mine = {
+            k: v.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+            for k, v in feats.items()
+        }
     boxes = []
     for _ in range(2):
         b = torch.rand(60, 4) * 200
@@ -129,14 +138,61 @@ def test_multiscale_pooler_matches_torchvision():
     ref_pool = torchvision.ops.MultiScaleRoIAlign(list(feats), 7, 0)
     ours = MultiScaleRoIAlign(list(feats), 7, 0)
     ref = ref_pool(feats, boxes, shapes)
-    out = ours(feats, boxes, shapes)
-    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    out = ours(mine, boxes, shapes)
+    tol = 1e-5 if channels_last else 0.0  # the sparse product rounds differently
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
     g = torch.randn_like(ref)
     want = torch.autograd.grad(ref, list(feats.values()), g)
-    got = torch.autograd.grad(out, list(feats.values()), g)
+    got = torch.autograd.grad(out, list(mine.values()), g)
     for level, (a, b) in enumerate(zip(got, want)):
         assert b.abs().sum() > 0, f"no box on level {level}"
+        assert a.is_contiguous(memory_format=torch.channels_last) == channels_last
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+
+
+def test_channels_last_pooled_output_can_be_changed_in_place():
+    # The sparse product writes into a tensor of its own, not a view made inside the autograd
+    # Function (which autograd forbids changing in place): relu_ on it works, with the gradient.
+    torch.manual_seed(0)
+    x = torch.randn(1, 5, 20, 24)
+    rois = torch.tensor([[0.0, 2.0, 3.0, 60.0, 70.0], [0.0, 10.0, 5.0, 90.0, 40.0]])
+    ref_x = x.clone().requires_grad_()
+    ref = torchvision.ops.roi_align(ref_x, rois, 7, 0.25, 0, True).relu_()
+    nhwc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = roi_align(nhwc, rois, 7, 0.25, 0, True).relu_()
+    g = torch.randn_like(ref)
+    (want,) = torch.autograd.grad(ref, ref_x, g)
+    (got,) = torch.autograd.grad(out, nhwc, g)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_without_rois_gives_a_zero_gradient():
+    x = torch.randn(2, 3, 8, 9).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = roi_align(x, torch.zeros(0, 5), 7, 0.5, 0, True)
+    assert out.shape == (0, 3, 7, 7)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert grad.shape == x.shape and not grad.any()
+
+
+def test_channels_last_bf16_training_under_autocast():
+    # The +cl+bf16 training path: a bf16 NHWC map, fp32 RoIs; pooled in fp32, the gradient bf16
+    # and NHWC, both close to the fp32 ones.
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 60, 60)
+    rois = torch.tensor([[0.0, 101.0, 103.0, 210.0, 190.0], [0.0, 5.0, 7.0, 90.0, 60.0]])
+    ref_x = x.clone().requires_grad_()
+    ref = torchvision.ops.roi_align(ref_x, rois, 7, 0.25, 0, True)
+    g = torch.randn_like(ref)
+    (want,) = torch.autograd.grad(ref, ref_x, g)
+    xb = x.bfloat16().contiguous(memory_format=torch.channels_last).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roi_align(xb, rois, 7, 0.25, 0, True)
+    (got,) = torch.autograd.grad(out, xb, g.to(out.dtype))
+    assert out.dtype == got.dtype == torch.bfloat16
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=3e-2)
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=3e-2)
 
 
 @pytest.mark.parametrize("canonical", [224, 56])
