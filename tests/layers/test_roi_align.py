@@ -175,26 +175,6 @@ def test_channels_last_without_rois_gives_a_zero_gradient():
     assert grad.shape == x.shape and not grad.any()
 
 
-def test_channels_last_bf16_training_under_autocast():
-    # The +cl+bf16 training path: a bf16 NHWC map, fp32 RoIs; pooled in fp32, the gradient bf16
-    # and NHWC, both close to the fp32 ones.
-    torch.manual_seed(0)
-    x = torch.randn(1, 4, 60, 60)
-    rois = torch.tensor([[0.0, 101.0, 103.0, 210.0, 190.0], [0.0, 5.0, 7.0, 90.0, 60.0]])
-    ref_x = x.clone().requires_grad_()
-    ref = torchvision.ops.roi_align(ref_x, rois, 7, 0.25, 0, True)
-    g = torch.randn_like(ref)
-    (want,) = torch.autograd.grad(ref, ref_x, g)
-    xb = x.bfloat16().contiguous(memory_format=torch.channels_last).requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = roi_align(xb, rois, 7, 0.25, 0, True)
-    (got,) = torch.autograd.grad(out, xb, g.to(out.dtype))
-    assert out.dtype == got.dtype == torch.bfloat16
-    assert got.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=3e-2)
-    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=3e-2)
-
-
 @pytest.mark.parametrize("canonical", [224, 56])
 def test_multiscale_pooler_canonical_size_moves_boxes_up_the_levels(canonical):
     # ROI_HEADS.POOLER_CANONICAL_SIZE: a box of that side goes to p4, each halving one lower.
@@ -304,10 +284,11 @@ def test_multiscale_pooler_pools_nchw_inference_maps_nhwc(aligned, monkeypatch):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_bf16_autocast_forward_and_backward_keep_fp32_boxes():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bf16_autocast_forward_and_backward_keep_fp32_boxes(channels_last):
     # Under CPU bf16 autocast: the RoIs stay fp32 (a bf16 x near 1000 px is only good to 4 px),
     # the pooling runs in fp32, and the sparse backward (fp32-only kernel) returns a bf16
-    # gradient close to the fp32 one.
+    # gradient close to the fp32 one; NHWC for an NHWC map (the +cl+bf16 training path).
     torch.manual_seed(0)
     x = torch.randn(1, 4, 300, 300)
     rois = torch.tensor([[0.0, 1001.0, 1003.0, 1150.0, 1110.0], [0.0, 5.0, 7.0, 90.0, 60.0]])
@@ -315,11 +296,13 @@ def test_bf16_autocast_forward_and_backward_keep_fp32_boxes():
     ref = torchvision.ops.roi_align(ref_x, rois, 7, 0.25, 0, True)
     g = torch.randn_like(ref)
     (want,) = torch.autograd.grad(ref, ref_x, g)
-    xb = x.bfloat16().requires_grad_()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    xb = x.bfloat16().contiguous(memory_format=layout).requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = roi_align(xb, rois, 7, 0.25, 0, True)
     (got,) = torch.autograd.grad(out, xb, g.to(out.dtype))
-    assert got.dtype == torch.bfloat16
+    assert out.dtype == got.dtype == torch.bfloat16
+    assert got.is_contiguous(memory_format=layout)
     # The boxes were not rounded: bf16 map and gradient rounding only (~1e-2), not 4-px shifts.
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=3e-2)
     torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=3e-2)
