@@ -176,24 +176,22 @@ def _sparse_forward_nhwc(
     spatial_scale: float,
     sampling_ratio: int,
     aligned: bool,
-    taps: Optional[Taps] = None,
-) -> torch.Tensor:
+) -> Tuple[torch.Tensor, Taps]:
     """RoIAlign of a channels_last CPU map as one sparse (bins x pixels) @ (pixels x C) product.
 
     A channels_last map already is that ``[N*H*W, C]`` matrix, so nothing is transposed
     (torchvision's kernel reads NCHW and would copy the map first). The result is
     ``[R, C, ph, pw]`` in ``x``'s dtype, channels_last; bf16 maps are multiplied in fp32, as
-    torchvision's autocast wrapper does. ``taps``: :func:`roi_align_taps` of these RoIs in fp32,
-    if already made.
+    torchvision's autocast wrapper does. Also returns the :func:`roi_align_taps` it multiplied
+    by (fp32), which the backward can reuse.
     """
     n, c, h, w = x.shape
     ph, pw = output_size
     r = len(rois)
     rows = x.to(torch.float32).permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view when NHWC fp32
-    if taps is None:
-        taps = roi_align_taps(
-            rois.to(torch.float32), x.shape, output_size, spatial_scale, sampling_ratio, aligned
-        )
+    taps = roi_align_taps(
+        rois.to(torch.float32), x.shape, output_size, spatial_scale, sampling_ratio, aligned
+    )
     bins, pixel, weight = taps
     # The taps come bin-major (sorted by bin), so the CSR row pointers are a cumulative count;
     # a pixel tapped twice in one bin stays two entries, which the product sums.
@@ -205,11 +203,11 @@ def _sparse_forward_nhwc(
     # Outside autocast: it would cast ``rows`` to bf16, which the sparse product lacks.
     with warnings.catch_warnings(), torch.autocast("cpu", enabled=False):
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta state"
-        taps = torch.sparse_csr_tensor(
+        matrix = torch.sparse_csr_tensor(
             rows_ptr, pixel, weight, (r * ph * pw, n * h * w), check_invariants=False
         )
-        torch.mm(taps, rows, out=out.permute(0, 2, 3, 1).reshape(r * ph * pw, c))
-    return out.to(x.dtype)
+        torch.mm(matrix, rows, out=out.permute(0, 2, 3, 1).reshape(r * ph * pw, c))
+    return out.to(x.dtype), taps
 
 
 class RoIAlignFunction(torch.autograd.Function):
@@ -238,12 +236,10 @@ class RoIAlignFunction(torch.autograd.Function):
         ctx.nhwc = _pools_nhwc(x)
         ctx.taps = None
         if ctx.nhwc:
-            ctx.taps = roi_align_taps(
-                rois.to(torch.float32), x.shape, output_size, spatial_scale, sampling_ratio, aligned
+            out, ctx.taps = _sparse_forward_nhwc(
+                x, rois, output_size, spatial_scale, sampling_ratio, aligned
             )
-            return _sparse_forward_nhwc(
-                x, rois, output_size, spatial_scale, sampling_ratio, aligned, taps=ctx.taps
-            )
+            return out
         return torch.ops.torchvision.roi_align(
             x, rois, spatial_scale, output_size[0], output_size[1], sampling_ratio, aligned
         )
@@ -325,7 +321,7 @@ def roi_align(
             rois = boxes if isinstance(boxes, torch.Tensor) else convert_boxes_to_roi_format(boxes)
             return _sparse_forward_nhwc(
                 x, rois, size, float(spatial_scale), int(sampling_ratio), bool(aligned)
-            )
+            )[0]
         return _torchvision_roi_align(x, boxes, output_size, spatial_scale, sampling_ratio, aligned)
     rois = boxes if isinstance(boxes, torch.Tensor) else convert_boxes_to_roi_format(boxes)
     return RoIAlignFunction.apply(
